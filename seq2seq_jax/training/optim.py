@@ -1,0 +1,265 @@
+"""Optimisers, schedules, clipping, accumulation, freezing and per-path learning rates.
+
+Everything is built from the `config.optimizer` section (see `default_optimizer_config`) into one
+`optax.GradientTransformation`, composed from the inside out as
+
+```
+apply_if_finite(                      # optional: skip non-finite updates, counted
+  MultiSteps(                         # optional: gradient accumulation over k micro-batches
+    multi_transform({                 # freezing by path regex
+      "trainable": chain(clip_by_global_norm, <optimizer with schedule>, scale_by_path),
+      "frozen": set_to_zero(),
+    })))
+```
+
+The schedule's step is the optimiser's own update count, so with accumulation over `k`
+micro-batches the schedule advances once per `k` train steps.
+
+Parameter paths are the '/'-joined keys of the `params` tree, e.g. `encoder/embed/embedding`;
+regexes match with `re.search`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+PyTree = Any
+
+OPTIMIZERS = ("adam", "adamw", "adafactor", "sgd")
+SCHEDULES = ("constant", "warmup_rsqrt", "warmup_cosine", "warmup_linear", "piecewise")
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+    """The `config.optimizer` section with every key the builder reads."""
+    c = ml_collections.ConfigDict()
+    c.name = "adam"  # One of OPTIMIZERS.
+    c.learning_rate = 1e-3  # Peak learning rate.
+    c.schedule = "constant"  # One of SCHEDULES.
+    c.warmup_steps = 0  # Linear warmup from 0 (not used by "constant" and "piecewise").
+    c.decay_steps = 0  # Steps of the whole schedule for cosine/linear; 0 = num_train_steps.
+    c.end_learning_rate_fraction = 0.0  # Final lr / peak lr for cosine and linear decay.
+    c.boundaries = ()  # Piecewise: update counts where the lr is multiplied ...
+    c.scales = ()  # ... by these factors (cumulative).
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.eps = 1e-8
+    c.weight_decay = 0.0  # adamw / adafactor decoupled weight decay, on params with ndim >= 2.
+    c.momentum = 0.9  # sgd momentum (0 = plain SGD).
+    c.nesterov = False
+    c.grad_clip_norm = 1.0  # Global-norm clipping threshold; 0 disables.
+    c.accumulate_steps = 1  # > 1 wraps the optimiser in optax.MultiSteps.
+    c.skip_nonfinite = True  # Skip (and count) updates whose gradients hold NaN/Inf.
+    c.max_consecutive_nonfinite = 1_000_000  # After this many consecutive skips, apply anyway.
+    c.freeze = ""  # Regex of parameter paths that stay fixed ("" = none).
+    c.lr_multipliers = ()  # ((regex, factor), ...): first matching regex scales the update.
+    return c
+
+
+def param_path(path: Sequence[Any]) -> str:
+    """'/'-joined key names of a `jax.tree_util` key path (dict keys, attributes, indices)."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def make_schedule(config: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    """The learning-rate schedule as a function of the optimiser's update count.
+
+    Formulas (`lr` peak rate, `w` warmup steps, `n` decay steps, `f` end fraction, `t` count):
+      constant:       lr
+      warmup_rsqrt:   lr * min(t / w, 1) * sqrt(w / max(t, w))          (needs w >= 1)
+      warmup_cosine:  lr * t / w for t < w, then
+                      lr * (f + (1 - f) * 0.5 * (1 + cos(pi * (t - w) / (n - w))))
+      warmup_linear:  lr * t / w for t < w, then lr * (1 - (1 - f) * min((t - w) / (n - w), 1))
+      piecewise:      lr * product of scales[i] for all boundaries[i] <= t
+
+    Args:
+      config: the `config.optimizer` section.
+      num_train_steps: used as `n` when `config.decay_steps` is 0.
+
+    Returns:
+      An Optax schedule.
+
+    Raises:
+      ValueError: unknown schedule name or inconsistent settings (the message names the key).
+    """
+    lr, w = float(config.learning_rate), int(config.warmup_steps)
+    n = int(config.decay_steps) or int(num_train_steps)
+    f = float(config.end_learning_rate_fraction)
+    name = config.schedule
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "piecewise":
+        if len(config.boundaries) != len(config.scales):
+            raise ValueError(
+                f"optimizer.boundaries {tuple(config.boundaries)} and optimizer.scales "
+                f"{tuple(config.scales)} must have the same length")
+        return optax.piecewise_constant_schedule(
+            lr, {int(b): float(s) for b, s in zip(config.boundaries, config.scales, strict=True)})
+    if name == "warmup_rsqrt":
+        if w < 1:
+            raise ValueError("optimizer.schedule='warmup_rsqrt' needs optimizer.warmup_steps >= 1")
+
+        def rsqrt(count):
+            t = jnp.asarray(count, jnp.float32)
+            return lr * jnp.minimum(t / w, 1.0) * jnp.sqrt(w / jnp.maximum(t, w))
+
+        return rsqrt
+    if name in ("warmup_cosine", "warmup_linear"):
+        if n <= w:
+            raise ValueError(
+                f"optimizer.decay_steps (or num_train_steps) = {n} must exceed "
+                f"optimizer.warmup_steps = {w} for schedule {name!r}")
+        if name == "warmup_cosine":
+            return optax.warmup_cosine_decay_schedule(0.0, lr, w, n, end_value=lr * f)
+        warmup = optax.linear_schedule(0.0, lr, max(w, 1))
+        decay = optax.linear_schedule(lr, lr * f, n - w)
+        return optax.join_schedules([warmup, decay], [w])
+    raise ValueError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}")
+
+
+def _decay_mask(params: PyTree) -> PyTree:
+    """Weight decay only on matrices and embeddings (ndim >= 2), not on biases and scales."""
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def _base_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """The named Optax optimiser driven by `schedule`."""
+    name = config.name
+    if name == "adam":
+        return optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
+    if name == "adamw":
+        return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                           weight_decay=config.weight_decay, mask=_decay_mask)
+    if name == "adafactor":
+        return optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None,
+                               weight_decay_mask=_decay_mask)
+    if name == "sgd":
+        return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
+
+
+def _compile_multipliers(pairs: Sequence[Sequence[Any]]) -> list[tuple[re.Pattern, float]]:
+    """Validates `((regex, factor), ...)` and compiles the regexes."""
+    compiled = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(
+                f"optimizer.lr_multipliers entries must be (regex, factor) pairs, got {pair!r}")
+        regex, factor = pair
+        try:
+            compiled.append((re.compile(regex), float(factor)))
+        except re.error as e:
+            raise ValueError(f"optimizer.lr_multipliers: bad regex {regex!r}: {e}") from e
+    return compiled
+
+
+def scale_by_path(pairs: Sequence[Sequence[Any]]) -> optax.GradientTransformation:
+    """Multiplies each update by the factor of the first regex matching its parameter path.
+
+    Args:
+      pairs: `((regex, factor), ...)`; paths matching no regex keep factor 1.
+
+    Returns:
+      A stateless Optax transformation (the identity when `pairs` is empty).
+    """
+    compiled = _compile_multipliers(pairs)
+
+    def factor(path: str) -> float:
+        return next((f for rx, f in compiled if rx.search(path)), 1.0)
+
+    def scale(updates: PyTree, params: PyTree = None) -> PyTree:
+        del params
+        return jax.tree_util.tree_map_with_path(
+            lambda p, u: u * jnp.asarray(factor(param_path(p)), u.dtype), updates)
+
+    return optax.stateless(scale) if compiled else optax.identity()
+
+
+def freeze_labels(freeze_regex: str) -> Callable[[PyTree], PyTree]:
+    """A label function for `optax.multi_transform`: 'frozen' where the path matches."""
+    try:
+        rx = re.compile(freeze_regex)
+    except re.error as e:
+        raise ValueError(f"optimizer.freeze: bad regex {freeze_regex!r}: {e}") from e
+
+    def labels(params: PyTree) -> PyTree:
+        return jax.tree_util.tree_map_with_path(
+            lambda p, _: "frozen" if rx.search(param_path(p)) else "trainable", params)
+
+    return labels
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, num_train_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds the full gradient transformation described in the module docstring.
+
+    Args:
+      config: the `config.optimizer` section.
+      num_train_steps: total train steps (used for decaying schedules; with accumulation the
+        schedule length is `num_train_steps // accumulate_steps` updates).
+
+    Returns:
+      `(tx, schedule)`; `schedule(update_count)` gives the learning rate for logging.
+    """
+    k = int(config.accumulate_steps)
+    if k < 1:
+        raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {k}")
+    schedule = make_schedule(config, max(num_train_steps // k, 1))
+    clip = (optax.clip_by_global_norm(config.grad_clip_norm)
+            if config.grad_clip_norm > 0 else optax.identity())
+    tx = optax.chain(clip, _base_optimizer(config, schedule), scale_by_path(config.lr_multipliers))
+    if config.freeze:
+        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
+                                   freeze_labels(config.freeze))
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+    if config.skip_nonfinite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=int(config.max_consecutive_nonfinite))
+    return tx, schedule
+
+
+def frozen_paths(params: PyTree, freeze_regex: str) -> list[str]:
+    """Paths of `params` matched by `freeze_regex` (for logging what is frozen)."""
+    if not freeze_regex:
+        return []
+    labels = freeze_labels(freeze_regex)(params)
+    flat = jax.tree_util.tree_flatten_with_path(labels)[0]
+    return [param_path(p) for p, label in flat if label == "frozen"]
+
+
+def num_nonfinite_skipped(opt_state: PyTree) -> jax.Array:
+    """Total updates skipped for non-finite gradients so far (0 when skipping is off)."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.total_notfinite
+    return jnp.zeros((), jnp.int32)
+
+
+def last_update_skipped(opt_state: PyTree) -> jax.Array:
+    """Whether the latest update was skipped for non-finite gradients (False when off)."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return jnp.logical_not(opt_state.last_finite)
+    return jnp.zeros((), jnp.bool_)
+
+
+__all__ = [
+    "OPTIMIZERS", "SCHEDULES", "default_optimizer_config", "make_schedule", "make_optimizer",
+    "scale_by_path", "freeze_labels", "frozen_paths", "param_path", "num_nonfinite_skipped",
+    "last_update_skipped",
+]
