@@ -276,3 +276,34 @@ def test_masked_softmax_matches_numpy_and_has_no_nan():
     np.testing.assert_allclose(w, _np_softmax_masked(scores.astype(np.float64), mask), atol=1e-6)
     g = jax.grad(lambda s: jnp.sum(masked_softmax(s, mask) * jnp.arange(7.0)))(scores)
     assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[~mask] == 0.0)
+
+
+@pytest.mark.parametrize("mask_kind", ["keys", "sequence"])
+@pytest.mark.parametrize("num_heads,normalize", [(1, False), (2, True)])
+def test_chunked_equals_naive_outputs_and_gradients(mask_kind, num_heads, normalize):
+    query, keys, values, mask = _inputs(10, False, mask_kind=mask_kind, dv=DK)
+    naive = AdditiveAttention(attention_dim=A, num_heads=num_heads, normalize=normalize,
+                              implementation="naive")
+    chunked = naive.clone(implementation="chunked", chunk_size=3)  # T=4: a ragged last chunk
+    variables = naive.init(jax.random.PRNGKey(0), query, keys, mask, values)
+
+    def loss(attn, p, q, k, v):
+        ctx, w = attn.apply(p, q, k, mask, v)
+        return jnp.sum(jnp.sin(ctx)) + jnp.sum(jnp.cos(w))
+
+    out_n = naive.apply(variables, query, keys, mask, values)
+    out_c = chunked.apply(variables, query, keys, mask, values)
+    chex.assert_trees_all_close(out_c, out_n, atol=1e-5)
+    g_n = jax.grad(lambda *a: loss(naive, *a), argnums=(0, 1, 2, 3))(variables, query, keys, values)
+    g_c = jax.grad(lambda *a: loss(chunked, *a), argnums=(0, 1, 2, 3))(
+        variables, query, keys, values)
+    chex.assert_trees_all_close(g_c, g_n, atol=1e-5)
+
+
+def test_auto_implementation_chunks_only_large_parallel_queries():
+    attn = AdditiveAttention(attention_dim=4)
+    assert attn._use_chunks(1, 8, 8) == 0  # small: naive
+    big = attn._use_chunks(128, 512, 512)  # 128*512*512*4 elements > 2^26: chunked
+    assert 1 <= big < 512
+    with pytest.raises(ValueError, match="unknown implementation"):
+        AdditiveAttention(attention_dim=4, implementation="fast")._use_chunks(64, 512, 512)

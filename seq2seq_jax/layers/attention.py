@@ -137,6 +137,11 @@ class AdditiveAttention(nn.Module):
       dtype: compute dtype of projections and context; scores and softmax are float32.
       param_dtype: parameter dtype.
       kernel_init: initializer of W, U and v.
+      implementation: "naive" materialises the [B, T, S, A] tanh tensor of a parallel query;
+        "chunked" computes it `chunk_size` query steps at a time with recomputation in the
+        backward pass (same outputs and gradients, a fraction of the memory); "auto" (default)
+        chunks when that tensor would exceed 2^26 elements.
+      chunk_size: T-chunk of the chunked form; 0 picks one (~2^22 tanh elements per chunk).
     """
 
     attention_dim: int
@@ -146,6 +151,8 @@ class AdditiveAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
+    implementation: str = "auto"
+    chunk_size: int = 0
 
     def setup(self):
         if self.attention_dim % self.num_heads:
@@ -176,22 +183,33 @@ class AdditiveAttention(nn.Module):
         chex.assert_rank(keys, 3)
         return self.key_proj(keys)
 
-    def scores(self, query: Array, projected_keys: Array) -> Array:
-        """Additive scores, float32 [B, H, T, S] for query [B, T, Dq], keys [B, S, A]."""
-        b, t, _ = query.shape
-        s = projected_keys.shape[1]
-        h, d = self.num_heads, self.attention_dim // self.num_heads
+    def _projected_query(self, query: Array) -> Array:
+        """U s (+ b): [B, T, Dq] -> [B, T, A] in the compute dtype."""
         q = self.query_proj(query)
         if self.normalize:
             q = q + self.b.astype(self.dtype)
-        q = q.reshape(b, t, 1, h, d)
-        k = projected_keys.astype(self.dtype).reshape(b, 1, s, h, d)
+        return q
+
+    def _effective_v(self) -> Array:
+        """v, or g * v / ||v|| when normalised: float32 [H, A / H]."""
         v = self.v.astype(jnp.float32)
         if self.normalize:
             v = self.g.astype(jnp.float32)[:, None] * v * jax.lax.rsqrt(
                 jnp.sum(v * v, axis=-1, keepdims=True))
-        scores = jnp.einsum("btshd,hd->bhts", jnp.tanh(q + k).astype(jnp.float32), v)
-        return scores
+        return v
+
+    def _use_chunks(self, batch: int, steps: int, sources: int) -> int:
+        """The T-chunk size to use, or 0 for the naive (fully materialised) form."""
+        if self.implementation == "naive" or steps == 1:
+            return 0
+        chunk = self.chunk_size or _auto_chunk(steps, sources, batch, self.attention_dim)
+        if self.implementation == "chunked":
+            return max(1, min(chunk, steps))
+        if self.implementation != "auto":
+            raise ValueError(f"unknown implementation {self.implementation!r}; "
+                             "known: 'auto', 'naive', 'chunked'")
+        big = batch * steps * sources * self.attention_dim > _AUTO_CHUNK_ELEMENTS
+        return min(chunk, steps) if big else 0
 
     def __call__(
         self,
@@ -209,9 +227,75 @@ class AdditiveAttention(nn.Module):
         if projected_keys is None:
             projected_keys = self.project_keys(keys)
         chex.assert_shape(projected_keys, (keys.shape[0], keys.shape[1], self.attention_dim))
-        weights = masked_softmax(self.scores(q, projected_keys), _mask_to_4d(mask, single_step))
-        context = _split_heads_context(weights, values, self.num_heads, self.dtype)
+        b, t, _ = q.shape
+        s = keys.shape[1]
+        h, d = self.num_heads, self.attention_dim // self.num_heads
+        qp = self._projected_query(q).reshape(b, t, h, d)
+        kp = projected_keys.astype(self.dtype).reshape(b, s, h, d)
+        mask4 = _mask_to_4d(mask, single_step)
+        chunk = self._use_chunks(b, t, s)
+        if chunk:
+            context, weights = _chunked_additive(qp, kp, self._effective_v(), mask4, values,
+                                                 self.dtype, chunk)
+        else:
+            weights = masked_softmax(_additive_scores(qp, kp, self._effective_v()), mask4)
+            context = _split_heads_context(weights, values, self.num_heads, self.dtype)
         return _finish(context, weights, single_step, self.num_heads)
+
+
+# Above this many elements of the [B, T, S, A] tanh tensor (256 MiB in float32), "auto" chunks.
+_AUTO_CHUNK_ELEMENTS = 1 << 26
+
+
+def _auto_chunk(steps: int, sources: int, batch: int, width: int) -> int:
+    """A T-chunk that keeps one chunk's tanh tensor near 2^22 elements (16 MiB in float32)."""
+    per_step = max(1, batch * sources * width)
+    return int(max(1, min(steps, (1 << 22) // per_step)))
+
+
+def _additive_scores(qp: Array, kp: Array, v: Array) -> Array:
+    """v . tanh(q + k): qp [B, T, H, d], kp [B, S, H, d], v [H, d] -> float32 [B, H, T, S]."""
+    pre = jnp.tanh(qp[:, :, None] + kp[:, None])  # [B, T, S, H, d]
+    return jnp.einsum("btshd,hd->bhts", pre.astype(jnp.float32), v)
+
+
+def _chunked_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
+                      dtype: Dtype, chunk: int) -> tuple[Array, Array]:
+    """Additive attention over T in chunks, recomputing each chunk in the backward pass.
+
+    Every query row is independent, so scores, softmax and context are computed chunk by
+    chunk inside a `lax.scan` whose body is `jax.checkpoint`-ed: only one chunk's
+    [B, C, S, H, d] tanh tensor is ever alive, in the forward and in the backward pass.
+
+    Returns:
+      context [B, T, Dv] and float32 weights [B, H, T, S].
+    """
+    b, t, h, d = qp.shape
+    s = kp.shape[1]
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    qc = jnp.pad(qp, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    qc = qc.reshape(b, n, chunk, h, d).swapaxes(0, 1)  # [n, B, C, H, d]
+    if mask4 is not None and mask4.shape[2] > 1:
+        m = jnp.pad(mask4, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        mc = m.reshape(b, m.shape[1], n, chunk, s).transpose(2, 0, 1, 3, 4)  # [n, B, H|1, C, S]
+    else:
+        mc = None
+
+    @jax.checkpoint
+    def body(q_chunk, m_chunk):
+        m_chunk = mask4 if m_chunk is None else m_chunk
+        w = masked_softmax(_additive_scores(q_chunk, kp, v), m_chunk)  # [B, H, C, S]
+        return _split_heads_context(w, values, h, dtype), w
+
+    def step(carry, xs):
+        q_chunk, m_chunk = xs
+        return carry, body(q_chunk, m_chunk)
+
+    _, (ctx, w) = jax.lax.scan(step, None, (qc, mc))
+    ctx = ctx.swapaxes(0, 1).reshape(b, n * chunk, -1)[:, :t]
+    w = w.transpose(1, 2, 0, 3, 4).reshape(b, h, n * chunk, s)[:, :, :t]
+    return ctx, w
 
 
 class DotProductAttention(nn.Module):
