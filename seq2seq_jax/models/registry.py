@@ -1,0 +1,96 @@
+"""Model registry: model names -> Linen module classes; raises on an unknown name.
+
+Shape glossary: B batch, S source length, T target length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seq2seq_jax.models.config import ModelConfig
+from seq2seq_jax.models.rnnsearch import RNNSearch
+from seq2seq_jax.models.transformer import Transformer
+
+_MODELS: dict[str, type[nn.Module]] = {"rnnsearch": RNNSearch, "transformer": Transformer}
+
+
+def model_names() -> tuple[str, ...]:
+    """The registered model names."""
+    return tuple(_MODELS)
+
+
+def get_model_class(name: str) -> type[nn.Module]:
+    """The module class registered as `name`.
+
+    Raises:
+      ValueError: unknown name, listing the known ones.
+    """
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model name {name!r}; known models: {list(_MODELS)}")
+    return _MODELS[name]
+
+
+def build_model(model_config: ModelConfig) -> nn.Module:
+    """An (unbound) model module for `model_config` (validated first)."""
+    return get_model_class(model_config.name)(model_config.validate())
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree (works on `jax.eval_shape` results too)."""
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def init_variables(
+    model: nn.Module,
+    rng: jax.Array,
+    *,
+    batch_size: int = 1,
+    source_length: int = 8,
+    target_length: int = 8,
+) -> dict[str, Any]:
+    """Initialises `model`'s variables from dummy int32 batches [B, S] and [B, T].
+
+    Parameter shapes do not depend on the lengths (learned position tables are sized by
+    `config.max_len`).
+    """
+    inputs = jnp.ones((batch_size, source_length), jnp.int32)
+    targets = jnp.ones((batch_size, target_length), jnp.int32)
+    return model.init({"params": rng}, inputs, targets, train=False)
+
+
+def make_tokens_to_logits(model: nn.Module, variables: dict[str, Any]):
+    """The decoding library's step function bound to `variables`.
+
+    Returns:
+      fn(ids int32 [N], cache) -> (logits float32 [N, V], attention float32 [N, S], cache),
+      where `cache` comes from
+      `model.apply(variables, encoded, inputs, method=model.init_decode_cache)`.
+    """
+
+    def tokens_to_logits(ids: jax.Array, cache: Any):
+        return model.apply(variables, ids, cache, method=model.decode_step)
+
+    return tokens_to_logits
+
+
+def init_decode_cache(
+    model: nn.Module,
+    variables: dict[str, Any],
+    inputs: jax.Array,
+    *,
+    inputs_segmentation: jax.Array | None = None,
+    max_decode_length: int | None = None,
+) -> Any:
+    """Encodes `inputs` int [N, S] and returns the decoding cache (leaves with leading dim N).
+
+    `max_decode_length` sizes the Transformer's key/value cache (default `config.max_len`); the
+    RNN ignores it.
+    """
+    encoded = model.apply(variables, inputs, inputs_segmentation=inputs_segmentation,
+                          method=model.encode)
+    return model.apply(variables, encoded, inputs, inputs_segmentation=inputs_segmentation,
+                       max_decode_length=max_decode_length, method=model.init_decode_cache)
