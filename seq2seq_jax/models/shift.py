@@ -36,11 +36,13 @@ def shift_right(
     Returns:
       int [B, T] decoder inputs, same dtype as `targets`.
     """
+    targets = jnp.asarray(targets)
     chex.assert_rank(targets, 2)
     if segmentation is None:
         valid = targets != pad_id  # [B, T]
         start = jnp.zeros(targets.shape, bool).at[:, 0].set(True)
     else:
+        segmentation = jnp.asarray(segmentation)
         chex.assert_equal_shape([targets, segmentation])
         valid = segmentation != 0
         previous = jnp.pad(segmentation, ((0, 0), (1, 0)))[:, :-1]  # [B, T]

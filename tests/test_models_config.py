@@ -1,0 +1,128 @@
+"""ModelConfig, presets, registry and shift_right."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from seq2seq_jax.models import (
+    ModelConfig,
+    RNNSearch,
+    Transformer,
+    build_model,
+    config_keys,
+    default_model_config,
+    get_model_class,
+    preset_names,
+    rnnsearch_reference_config,
+    shift_right,
+)
+
+VOCAB = dict(source_vocab_size=20, target_vocab_size=24, bos_id=1, eos_id=2)
+
+
+def test_from_config_round_trip_and_replace_variants():
+    cfg = default_model_config("transformer")
+    assert set(cfg.keys()) == set(config_keys())
+    cfg.num_heads = 2
+    model_config = ModelConfig.from_config(cfg, **VOCAB)
+    assert model_config.name == "transformer" and model_config.num_heads == 2
+    assert model_config.target_vocab_size == 24 and model_config.pad_id == 0
+    eval_config = model_config.replace(deterministic=True, dropout_rate=0.0)
+    assert eval_config.deterministic and not model_config.deterministic
+    # hashable and a static pytree (no leaves): usable as a jit static argument
+    assert hash(eval_config) != hash(model_config)
+    assert jax.tree.leaves(model_config) == []
+    assert {model_config: 1}[ModelConfig.from_config(cfg, **VOCAB)] == 1
+
+
+def test_from_config_rejects_unknown_key_naming_it():
+    cfg = default_model_config("rnnsearch")
+    cfg.hiden_size = 3
+    with pytest.raises(ValueError, match="model.hiden_size"):
+        ModelConfig.from_config(cfg, **VOCAB)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("cell_type", "rnn", "cell_type='rnn'"),
+        ("attention_type", "location", "attention_type"),
+        ("bridge", "first", "bridge"),
+        ("dropout_rate", 1.5, "dropout_rate"),
+        ("dtype", "float77", "dtype"),
+        ("maxout_size", 5, "tie_output_embeddings"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_field_name(key, value, match):
+    cfg = default_model_config("rnnsearch")
+    cfg[key] = value
+    if key == "maxout_size":
+        cfg.tie_output_embeddings = True
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_config(cfg, **VOCAB)
+
+
+def test_share_embeddings_needs_equal_vocabularies_and_heads_divide_width():
+    cfg = default_model_config("transformer")
+    cfg.share_embeddings = True
+    with pytest.raises(ValueError, match="equal vocabularies"):
+        ModelConfig.from_config(cfg, **VOCAB)
+    cfg = default_model_config("transformer")
+    cfg.num_heads = 3
+    with pytest.raises(ValueError, match="num_heads"):
+        ModelConfig.from_config(cfg, **VOCAB)
+
+
+def test_presets_and_unknown_preset():
+    for name in preset_names():
+        ModelConfig.from_config(default_model_config(name), **VOCAB)
+    with pytest.raises(ValueError, match="rnnsearch_reference"):
+        default_model_config("rnnsearch_huge")
+    ref = rnnsearch_reference_config()
+    assert (ref.emb_dim, ref.encoder_hidden_size, ref.decoder_hidden_size) == (256, 256, 512)
+    assert ref.source_vocab_size == ref.target_vocab_size == 8000
+    assert rnnsearch_reference_config(dtype="bfloat16").dtype == "bfloat16"
+    big = default_model_config("rnnsearch50")
+    assert (big.emb_dim, big.decoder_hidden_size, big.maxout_size) == (620, 1000, 500)
+
+
+def test_registry():
+    assert get_model_class("rnnsearch") is RNNSearch
+    assert get_model_class("transformer") is Transformer
+    with pytest.raises(ValueError, match=r"'rnnsearch', 'transformer'"):
+        get_model_class("lstm_lm")
+    model = build_model(ModelConfig.from_config(default_model_config("transformer"), **VOCAB))
+    assert isinstance(model, Transformer)
+    # a ConfigDict locked like the experiment configs works too
+    locked = ml_collections.ConfigDict(default_model_config("rnnsearch").to_dict())
+    locked.lock()
+    assert ModelConfig.from_config(locked, **VOCAB).name == "rnnsearch"
+
+
+def _shift_reference(targets, segmentation, bos):
+    """Brute force: walk each row, BOS at every segment start, pad on padding."""
+    out = np.zeros_like(targets)
+    for b in range(targets.shape[0]):
+        for t in range(targets.shape[1]):
+            seg = segmentation[b, t]
+            if seg == 0:
+                continue
+            start = t == 0 or segmentation[b, t - 1] != seg
+            out[b, t] = bos if start else targets[b, t - 1]
+    return out
+
+
+def test_shift_right_packed_and_unpacked():
+    targets = np.array([[5, 6, 2, 7, 2, 8, 9, 2, 0, 0], [4, 2, 0, 0, 0, 0, 0, 0, 0, 0]])
+    segmentation = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]])
+    got = shift_right(targets, bos_id=1, segmentation=segmentation)
+    want = _shift_reference(targets, segmentation, 1)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert np.asarray(got)[0].tolist() == [1, 5, 6, 1, 7, 1, 8, 9, 0, 0]
+    # unpacked: segmentation derived from padding
+    unpacked = shift_right(targets[1:], bos_id=3)
+    np.testing.assert_array_equal(np.asarray(unpacked), _shift_reference(
+        targets[1:], (targets[1:] != 0).astype(int), 3))
