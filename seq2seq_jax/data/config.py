@@ -1,0 +1,211 @@
+"""The data part of an experiment config (`config.data`) and its validation.
+
+Every key the input pipeline reads is defined in `default_data_config()` with its default and a
+comment; experiment configs set `config.data = default_data_config()` and override fields.
+`validate_data_config` rejects unknown keys and unknown names with messages listing the known ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+DATASET_NAMES = ("dates", "addition", "reverse", "parallel_text", "tfds")
+TOKENIZER_NAMES = ("char", "sentencepiece")
+SPM_MODEL_TYPES = ("unigram", "bpe")
+OVERLENGTH_POLICIES = ("filter", "truncate")
+BATCHING_MODES = ("pad", "bucket", "pack")
+SPLIT_NAMES = ("train", "validation", "test")
+DATE_LANGUAGES = ("en", "fr", "de", "es", "it")
+
+DEFAULT_TFDS_DATA_DIR = "~/.cache/seq2seq_jax/tensorflow_datasets"
+MULTI30K_LANGUAGES = ("en", "de", "fr")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Returns the data config with every key the pipeline reads, at its default value.
+
+    Returns:
+        A `ConfigDict`; optional values are typed placeholders (None until set) so that they can
+        be overridden on the command line (`--config.data.train_source=...`).
+    """
+    str_or_none = lambda: config_dict.placeholder(str)
+    c = ml_collections.ConfigDict()
+    # Which dataset: 'dates', 'addition', 'reverse' (generated, embedded, no network),
+    # 'parallel_text' (the user's files, below) or 'tfds' (a prepared TFDS registry dataset).
+    c.name = "dates"
+    # Where TFDS builders prepare their array_record files (and where 'tfds' datasets are read).
+    c.tfds_data_dir = DEFAULT_TFDS_DATA_DIR
+
+    # --- Generated datasets (dates, addition, reverse). Changing any of these rebuilds the data.
+    c.num_train_examples = 20_000  # Examples in the train split.
+    c.num_validation_examples = 1_000  # Examples in the validation split.
+    c.num_test_examples = 1_000  # Examples in the test split.
+    c.generator_seed = 0  # Seed of the generator (the data are a pure function of it).
+    # Comma-separated languages of month/weekday names for 'dates' (numeric formats always on).
+    c.date_languages = "en,fr,de,es"
+    c.addition_max_digits = 5  # 'addition': operands have 1..this many digits.
+    c.reverse_max_length = 20  # 'reverse': strings of 1..this many letters a-z.
+
+    # --- Parallel text ('parallel_text'): per split, two files (one sentence a line, `.gz` ok)
+    # or one TSV (`source<TAB>target` a line). Splits without paths do not exist.
+    for split in SPLIT_NAMES:
+        c[f"{split}_source"] = str_or_none()  # Source-side file of this split.
+        c[f"{split}_target"] = str_or_none()  # Target-side file, line-aligned with the source.
+        c[f"{split}_tsv"] = str_or_none()  # Or: a TSV file holding both sides.
+
+    # --- TFDS registry dataset ('tfds'), prepared beforehand as array_record, e.g.
+    # `tfds build wmt14_translate/de-en --file_format=array_record --data_dir=<tfds_data_dir>`.
+    c.tfds_name = str_or_none()  # e.g. 'wmt14_translate/de-en'.
+    c.inputs_key = str_or_none()  # Feature holding the source text, e.g. 'de'.
+    c.targets_key = str_or_none()  # Feature holding the target text, e.g. 'en'.
+
+    # --- Splits (TFDS split strings, slicing allowed: 'train[:90%]').
+    c.train_split = "train"  # Split read by the train iterator and used to train the tokenizer.
+    c.eval_split = "validation"  # Default split for evaluation.
+
+    # --- Tokenizer (trained on the train split on first use, stored in WORKDIR/tokenizer/).
+    c.tokenizer = "char"  # 'char' or 'sentencepiece'.
+    c.vocab_size = 8000  # SentencePiece vocabulary size (a soft limit on tiny corpora).
+    c.spm_model_type = "unigram"  # 'unigram' or 'bpe'.
+    c.joint_vocab = True  # One vocabulary for source and target (else one each).
+    c.spm_character_coverage = 1.0  # Fraction of characters covered by the vocabulary.
+    c.spm_max_sentences = 1_000_000  # Sentences sampled to train SentencePiece.
+    c.spm_normalization = "nmt_nfkc"  # SentencePiece normalisation rule ('identity' = none).
+    c.tokenizer_dir = str_or_none()  # Reuse the tokenizer saved here (e.g. for fine-tuning).
+
+    # --- Lengths (in tokens, EOS included) and what happens to longer examples.
+    c.max_source_length = 64
+    c.max_target_length = 64
+    c.overlength = "filter"  # 'filter' (drop, counted) or 'truncate' (cut, keep EOS; counted).
+
+    # --- Batching. Every batch has exactly `batch_size` rows.
+    # 'pad': every batch padded to exactly max_source_length x max_target_length (one shape);
+    # 'bucket': examples of similar length batched together (sorted within a window of
+    #   `bucket_window_batches` batches), lengths padded up to the next bucket boundary;
+    # 'pack': several examples per row (segment ids, positions), rows of the max lengths.
+    c.batching = "bucket"
+    # Ascending bucket boundaries in tokens (applied to source and target lengths alike, each
+    # capped at its max length); () = automatic: 8, 16, 32, ... up to the max lengths.
+    c.bucket_boundaries = ()
+    c.bucket_window_batches = 32  # Bucketing sorts windows of this many batches by length.
+
+    # --- Order.
+    c.shuffle = True  # A fresh global permutation of the train split every epoch.
+    c.shuffle_seed = config_dict.placeholder(int)  # None: use the experiment seed.
+    c.prefetch = 2  # Batches prepared ahead in a background thread (0: none).
+    return c
+
+
+def multi30k_data_config(
+    data_dir: str,
+    source_lang: str = "de",
+    target_lang: str = "en",
+) -> ml_collections.ConfigDict:
+    """Returns a data config reading Multi30k task 1 through 'parallel_text' with SentencePiece.
+
+    Args:
+        data_dir: Folder holding `{train,val}.{en,de,fr}.gz` (the public repository
+            multi30k/dataset, data/task1/raw).
+        source_lang: One of 'en', 'de', 'fr'.
+        target_lang: One of 'en', 'de', 'fr', different from `source_lang`.
+
+    Returns:
+        `default_data_config()` with the Multi30k train and validation files set (there is no
+        test split) and a joint 8000-piece SentencePiece vocabulary, lengths 64.
+    """
+    for lang in (source_lang, target_lang):
+        if lang not in MULTI30K_LANGUAGES:
+            raise ValueError(f"Multi30k language {lang!r} unknown; known: {MULTI30K_LANGUAGES}")
+    if source_lang == target_lang:
+        raise ValueError(f"source_lang and target_lang are both {source_lang!r}")
+    c = default_data_config()
+    c.name = "parallel_text"
+    c.train_source = os.path.join(data_dir, f"train.{source_lang}.gz")
+    c.train_target = os.path.join(data_dir, f"train.{target_lang}.gz")
+    c.validation_source = os.path.join(data_dir, f"val.{source_lang}.gz")
+    c.validation_target = os.path.join(data_dir, f"val.{target_lang}.gz")
+    c.tokenizer = "sentencepiece"
+    c.vocab_size = 8000
+    c.max_source_length = 64
+    c.max_target_length = 64
+    return c
+
+
+def _check_choice(config: ml_collections.ConfigDict, key: str, known: Sequence[str]) -> None:
+    if config[key] not in known:
+        raise ValueError(f"config.data.{key}={config[key]!r} is unknown; known: {list(known)}")
+
+
+def _check_positive(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
+    for key in keys:
+        if not isinstance(config[key], int) or config[key] <= 0:
+            raise ValueError(f"config.data.{key} must be a positive int, got {config[key]!r}")
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+    """Checks keys, names and values of a data config.
+
+    Args:
+        config: A data config (normally `config.data`).
+
+    Raises:
+        ValueError: naming the unknown key (and listing the known ones), the unknown name
+            (listing the known names) or the invalid value.
+    """
+    known_keys = set(default_data_config().keys())
+    unknown = sorted(set(config.keys()) - known_keys)
+    if unknown:
+        raise ValueError(f"Unknown config.data keys {unknown}; known keys: {sorted(known_keys)}")
+    _check_choice(config, "name", DATASET_NAMES)
+    _check_choice(config, "tokenizer", TOKENIZER_NAMES)
+    _check_choice(config, "spm_model_type", SPM_MODEL_TYPES)
+    _check_choice(config, "overlength", OVERLENGTH_POLICIES)
+    _check_choice(config, "batching", BATCHING_MODES)
+    _check_positive(
+        config,
+        ["max_source_length", "max_target_length", "vocab_size", "bucket_window_batches"],
+    )
+    if config.max_source_length < 2 or config.max_target_length < 2:
+        raise ValueError("config.data.max_source_length/max_target_length must be >= 2 (EOS).")
+    for lang in date_languages(config):
+        if lang not in DATE_LANGUAGES:
+            raise ValueError(
+                f"config.data.date_languages has unknown language {lang!r}; "
+                f"known: {list(DATE_LANGUAGES)}"
+            )
+    bucket_boundaries(config, config.max_source_length)  # Raises on a bad list.
+
+
+def date_languages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Returns the languages of `config.date_languages` (a comma-separated string)."""
+    return tuple(x.strip() for x in str(config.date_languages).split(",") if x.strip())
+
+
+def bucket_boundaries(config: ml_collections.ConfigDict, max_length: int) -> tuple[int, ...]:
+    """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`.
+
+    Args:
+        config: The data config (`bucket_boundaries`: ints, or () for 8, 16, 32, ...).
+        max_length: The side's maximum length; it is always the last boundary.
+
+    Returns:
+        Strictly increasing lengths, all <= `max_length`, the last one equal to it.
+    """
+    given = config.bucket_boundaries
+    if isinstance(given, str):
+        given = [int(x) for x in given.split(",") if x.strip()]
+    given = list(given)
+    if any(not isinstance(b, int) or b <= 0 for b in given) or given != sorted(set(given)):
+        raise ValueError(
+            f"config.data.bucket_boundaries must be strictly increasing positive ints, got {given}"
+        )
+    if not given:
+        given, b = [], 8
+        while b < max_length:
+            given.append(b)
+            b *= 2
+    return tuple([b for b in given if b < max_length] + [max_length])
