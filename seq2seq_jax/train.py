@@ -1,0 +1,54 @@
+"""Train a model: `python -m seq2seq_jax.train --config=configs/default.py[:variant] --workdir=DIR`.
+
+Override any config value with `--config.key=value` (e.g. `--config.num_train_steps=100`); unknown
+keys are rejected. Runs resume from the workdir's latest checkpoint.
+"""
+
+import logging as pylogging
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from seq2seq_jax.training import loop, parallel
+
+_REPO_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+_DEFAULT_CONFIG = "configs/default.py" if Path("configs/default.py").is_file() else str(
+    _REPO_DEFAULT)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", default=_DEFAULT_CONFIG, help_string="Experiment config file[:variant].",
+    lock_config=True)
+
+
+def _fail(error: Exception) -> int:
+    print(f"seq2seq_jax.train: error: {error}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str]) -> int:
+    """Runs `seq2seq_jax.training.loop.train_and_evaluate`; one-line errors, exit code 1."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    config = _CONFIG.value
+    if logging.get_verbosity() <= logging.INFO:  # Keep INFO for our logs; quiet the libraries'.
+        for name in ("absl", "jax", "orbax"):
+            pylogging.getLogger(name).setLevel(pylogging.WARNING)
+    try:
+        parallel.maybe_initialize_distributed(config.distributed)
+    except ValueError as e:
+        return _fail(e)
+    try:
+        result = loop.train_and_evaluate(config, _WORKDIR.value)
+    except loop.SetupError as e:
+        return _fail(e)
+    logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("train_")})
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

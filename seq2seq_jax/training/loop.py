@@ -1,0 +1,383 @@
+"""`train_and_evaluate(config, workdir)`: the loop behind `python -m seq2seq_jax.train`.
+
+Split into `setup_experiment` (everything that can fail on bad input, wrapped into one-line
+`SetupError`s), `evaluate` (teacher-forced loss / perplexity / token accuracy), `decode_and_score`
+(task metric from decoding) and the step loop, which logs, evaluates, checkpoints, resumes, and
+saves on SIGTERM before exiting cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from seq2seq_jax import data as data_lib
+from seq2seq_jax import models
+from seq2seq_jax.training import decode_eval, experiment, optim, parallel, steps, trainer
+from seq2seq_jax.training.metrics_writer import (
+    CURVES_FILENAME,
+    MetricsWriter,
+    plot_learning_curves,
+)
+from seq2seq_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class SetupError(Exception):
+    """A problem with the config, the workdir or the inputs, found before training starts."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built by `setup_experiment`."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    source_tokenizer: Any
+    target_tokenizer: Any
+    model_config: models.ModelConfig
+    model: Any
+    schedule: Any
+    state: TrainState
+    placement: trainer.Placement
+    train_step: Any
+    eval_step: Any
+    train_iter: Any
+    decode_fn: Any
+
+
+def _build_model(config, source_tok, target_tok):
+    model_config = models.ModelConfig.from_config(
+        config.model, source_vocab_size=source_tok.vocab_size,
+        target_vocab_size=target_tok.vocab_size, bos_id=target_tok.bos_id,
+        eos_id=target_tok.eos_id)
+    return model_config, models.build_model(model_config)
+
+
+def _placement_args(config) -> dict[str, Any]:
+    parallel.check_batch_size(config.batch_size, config.parallelism)
+    if config.parallelism == "jit":
+        return {"mesh": parallel.make_mesh(config.fsdp), "fsdp_min_size": config.fsdp_min_size}
+    return {}
+
+
+def _build(config: ml_collections.ConfigDict, workdir: Path) -> Experiment:
+    experiment.validate_config(config)
+    placement_args = _placement_args(config)
+    if jax.process_index() == 0:
+        experiment.save_config(config, workdir)
+    source_tok, target_tok = _tokenizers(config, workdir)
+    model_config, model = _build_model(config, source_tok, target_tok)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    lengths = (config.data.max_source_length, config.data.max_target_length)
+    state, placement = trainer.init_train_state(
+        model, tx, seed=config.seed, parallelism=config.parallelism,
+        init_lengths=(min(lengths[0], 8), min(lengths[1], 8)), **placement_args)
+    train_step, eval_step = trainer.make_step_fns(placement,
+                                                  label_smoothing=config.label_smoothing)
+    train_iter = data_lib.make_train_iterator(
+        config.data, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    decode_model = models.build_model(model_config.replace(deterministic=True))
+    decode_fn = decode_eval.make_decode_fn(
+        decode_model, bos_id=target_tok.bos_id, eos_id=target_tok.eos_id,
+        max_decode_length=config.eval.max_decode_length or config.data.max_target_length,
+        beam_size=config.eval.beam_size, alpha=config.eval.alpha)
+    return Experiment(config, workdir, source_tok, target_tok, model_config, model, schedule,
+                      state, placement, train_step, eval_step, train_iter, decode_fn)
+
+
+def _tokenizers(config, workdir: Path):
+    """Process 0 trains/saves the tokenizer first; the others then load it."""
+    if jax.process_index() == 0:
+        pair = data_lib.get_tokenizers(config.data, str(workdir))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("seq2seq_jax.tokenizers")
+    if jax.process_index() != 0:
+        pair = data_lib.get_tokenizers(config.data, str(workdir))
+    return pair
+
+
+def setup_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+    """Validates the config, prepares the workdir, builds tokenizers, model, state and data.
+
+    Raises:
+      SetupError: a one-line description of what is wrong (bad key or value, unknown model,
+        unwritable workdir, batch size not divisible by the device count, missing data).
+    """
+    try:
+        path = experiment.prepare_workdir(workdir)
+        return _build(config, path)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise SetupError(" ".join(str(message).split())) from e
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """Global rows of the teacher-forced eval batches."""
+    return int(config.eval.batch_size or config.batch_size)
+
+
+def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, float]:
+    """Teacher-forced loss, nll, perplexity and token accuracy over `split` (`eval_` names)."""
+    c = exp.config
+    batches = data_lib.make_eval_batches(
+        c.data, exp.source_tokenizer, exp.target_tokenizer, split=split,
+        batch_size=eval_batch_size(c) // jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    total = None
+    for i, batch in enumerate(batches):
+        if c.eval.max_batches and i >= c.eval.max_batches:
+            break
+        metrics = exp.eval_step(state, trainer.put_batch(batch, exp.placement))
+        total = steps.accumulate(total, trainer.metrics_to_host(metrics, exp.placement))
+    return steps.summarize(total, prefix="eval_") if total else {}
+
+
+def decode_and_score(exp: Experiment, state: TrainState, split: str, max_examples: int,
+                     prefix: str) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Decodes the first `max_examples` (0 = all) of `split` and scores them.
+
+    Returns:
+      `({prefix + metric: value}, [(source, reference, hypothesis), ...])`.
+    """
+    c = exp.config
+    if c.eval.task_metric == "none":
+        return {}, []
+    pairs = data_lib.load_texts(c.data, split, max_examples or None)
+    params = trainer.host_params(state, exp.placement)
+    hyps = decode_eval.decode_texts(
+        exp.decode_fn, params, [s for s, _ in pairs], source_tokenizer=exp.source_tokenizer,
+        target_tokenizer=exp.target_tokenizer, max_source_length=c.data.max_source_length,
+        batch_size=c.eval.decode_batch_size)
+    refs = [t for _, t in pairs]
+    scores = decode_eval.score(hyps, refs, c.eval.task_metric)
+    examples = [(s, r, h) for (s, r), h in zip(pairs, hyps, strict=True)]
+    return {prefix + k: v for k, v in scores.items()}, examples
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (installed on the main thread).
+
+    In a multi-host run the flag is OR-ed across processes, so all of them save the same step.
+    """
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        del signum, frame
+        log.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+        self._requested = True
+
+    def __enter__(self) -> Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # Not the main thread: leave the default handler.
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def requested(self) -> bool:
+        """Whether any process received SIGTERM."""
+        if jax.process_count() == 1:
+            return self._requested
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
+        return bool(np.any(flags))
+
+
+def _open_checkpointer(exp: Experiment):
+    c = exp.config
+    if not c.checkpoint.enabled:
+        return None
+    from seq2seq_jax.training import checkpoint
+    return checkpoint.Checkpointer(
+        exp.workdir, save_every_steps=c.checkpoint_every_steps,
+        max_to_keep=c.checkpoint.max_to_keep, best_metric=c.checkpoint.best_metric or None,
+        best_mode=c.checkpoint.best_mode, keep_best=c.checkpoint.keep_best,
+        async_save=c.checkpoint.async_save)
+
+
+def _restore(exp: Experiment, ckpt) -> TrainState:
+    """Resumes from the workdir's latest checkpoint, else starts fresh (or from init_checkpoint)."""
+    host_state = trainer.state_to_host_layout(exp.state, exp.placement)
+    if ckpt is not None and ckpt.latest_step() is not None:
+        log.info("Resuming from %s, step %d", ckpt.directory, ckpt.latest_step())
+        host_state = ckpt.restore(host_state, data_iterator=exp.train_iter)
+    elif exp.config.init_checkpoint:
+        from seq2seq_jax.training import checkpoint
+        log.info("Initialising parameters from %s", exp.config.init_checkpoint)
+        params = checkpoint.restore_params(exp.config.init_checkpoint, host_state.params)
+        host_state = host_state.replace(params=params)
+    else:
+        return exp.state
+    return parallel.replicate(host_state) if exp.placement.parallelism == "pmap" else host_state
+
+
+def _save(ckpt, exp: Experiment, step: int, state: TrainState, metrics=None, force=False) -> None:
+    if ckpt is None:
+        return
+    if not (force or ckpt.should_save(step)):
+        return
+    ckpt.save(step, trainer.state_to_host_layout(state, exp.placement), exp.train_iter,
+              metrics=metrics, force=force)
+
+
+def _progress(exp: Experiment, start: int):
+    from tqdm.auto import tqdm
+    enabled = exp.config.progress_bar and jax.process_index() == 0
+    return tqdm(total=exp.config.num_train_steps, initial=start, disable=not enabled,
+                unit="step", dynamic_ncols=True, mininterval=1.0, desc="train")
+
+
+def _train_summary(exp: Experiment, state: TrainState, window: dict, seconds: float,
+                   step: int) -> dict[str, float]:
+    summary = steps.summarize(window, prefix="train_")
+    summary["train_tokens_per_second"] = float(window["loss"][1]) / max(seconds, 1e-9)
+    updates = step // int(exp.config.optimizer.accumulate_steps)
+    summary["learning_rate"] = float(exp.schedule(updates))
+    opt_state = trainer.state_to_host_layout(state, exp.placement).opt_state
+    summary["nonfinite_total"] = int(jax.device_get(optim.num_nonfinite_skipped(opt_state)))
+    return summary
+
+
+def _run_eval(exp: Experiment, state: TrainState, step: int, writer: MetricsWriter) -> dict:
+    c = exp.config
+    metrics = evaluate(exp, state, c.eval.split)
+    task, examples = decode_and_score(exp, state, c.eval.split, c.eval.decode_examples, "eval_")
+    metrics.update(task)
+    writer.write(step, metrics)
+    for source, reference, hypothesis in examples[:3]:
+        log.info("step %d | %s -> %s (reference: %s)", step, source, hypothesis, reference)
+    log.info("step %d | %s", step, _fmt(metrics))
+    return metrics
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
+                preemption: Preemption) -> tuple[TrainState, int, bool]:
+    """Runs the steps from `state.step` to the end; returns (state, step reached, preempted)."""
+    c = exp.config
+    step = start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
+    pending, tick = [], time.perf_counter()
+    with _progress(exp, start) as bar:
+        while step < c.num_train_steps:
+            batch = trainer.put_batch(next(exp.train_iter), exp.placement)
+            state, metrics = exp.train_step(state, batch)
+            step += 1
+            pending.append(metrics)
+            bar.update(1)
+            if _is_due(step, c.log_every_steps, c.num_train_steps):
+                window = None
+                for m in pending:
+                    window = steps.accumulate(window, trainer.metrics_to_host(m, exp.placement))
+                summary = _train_summary(exp, state, window, time.perf_counter() - tick, step)
+                writer.write(step, summary)
+                bar.set_postfix(loss=f"{summary['train_loss']:.3f}",
+                                tok_s=f"{summary['train_tokens_per_second']:.0f}")
+                pending, tick = [], time.perf_counter()
+            eval_metrics = None
+            if _is_due(step, c.eval_every_steps, c.num_train_steps):
+                eval_metrics = _run_eval(exp, state, step, writer)
+                tick = time.perf_counter()  # Evaluation time is not training throughput.
+            if preemption.requested():
+                _save(ckpt, exp, step, state, eval_metrics, force=True)
+                return state, step, True
+            _save(ckpt, exp, step, state, eval_metrics, force=step == c.num_train_steps)
+    return state, step, False
+
+
+def _final_evaluation(exp: Experiment, state: TrainState, step: int,
+                      writer: MetricsWriter) -> dict[str, float]:
+    """Decodes all of `eval.final_split` (e.g. the test split) once training has ended."""
+    split = exp.config.eval.final_split
+    if not split:
+        return {}
+    metrics, _ = decode_and_score(exp, state, split, 0, f"{split}_")
+    writer.write(step, metrics)
+    log.info("final | %s", _fmt(metrics))
+    return metrics
+
+
+def _describe(exp: Experiment) -> None:
+    host = trainer.state_to_host_layout(exp.state, exp.placement)
+    log.info("Model %s: %d parameters; %d devices on %d hosts (%s, fsdp=%d)",
+             exp.model_config.name, models.count_params(host.params), jax.device_count(),
+             jax.process_count(), exp.config.parallelism, exp.config.fsdp)
+    frozen = optim.frozen_paths(host.params, exp.config.optimizer.freeze)
+    if frozen:
+        log.info("Frozen parameters: %s", ", ".join(frozen))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Writes `config.json`, `tokenizer/`, `checkpoints/`, `metrics.jsonl`, `tensorboard/` and
+    `learning_curves.png` in the workdir. On SIGTERM it saves the step reached and returns.
+
+    Args:
+      config: the experiment config (`seq2seq_jax.training.experiment.base_config` keys).
+      workdir: the run's directory.
+
+    Returns:
+      The last logged metrics by name (train, eval and final-split ones), plus `step` and
+      `preempted`.
+
+    Raises:
+      SetupError: bad config / workdir / batch size / model name (before training starts).
+    """
+    exp = setup_experiment(config, workdir)
+    _describe(exp)
+    is_main = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(MetricsWriter(exp.workdir, enabled=is_main))
+        preemption = stack.enter_context(Preemption())
+        ckpt = _open_checkpointer(exp)
+        if ckpt is not None:
+            stack.enter_context(ckpt)  # Finishes pending saves on exit, also on exceptions.
+        try:
+            state = _restore(exp, ckpt)
+        except (ValueError, FileNotFoundError) as e:
+            raise SetupError(" ".join(str(e).split())) from e
+        exp.state = None  # The loop owns (and donates) the state from here on.
+        start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
+        writer.drop_after(start)
+        state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption)
+        final = {} if preempted else _final_evaluation(exp, state, step, writer)
+    if is_main and writer.path.exists():
+        plot_learning_curves(writer.path, exp.workdir / CURVES_FILENAME)
+    return {**_last_values(writer.path), **final, "step": step, "preempted": preempted}
+
+
+def _last_values(path: Path) -> dict[str, float]:
+    """The latest value of every metric in `metrics.jsonl` (empty off process 0)."""
+    if not path.exists():
+        return {}
+    from seq2seq_jax.training.metrics_writer import read_metrics
+    latest: dict[str, float] = {}
+    for record in read_metrics(path):
+        latest.update({k: v for k, v in record.items() if k != "step"})
+    return latest

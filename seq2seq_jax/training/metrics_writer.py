@@ -1,0 +1,129 @@
+"""Where training numbers go: `metrics.jsonl`, TensorBoard events, a learning-curve PNG.
+
+`metrics.jsonl` has one JSON object a line: `{"step": 100, "train_loss": 2.1, ...}` or
+`{"step": 500, "eval_loss": ..., "eval_exact_match": ...}`. TensorBoard event files are written by
+tensorboardX (no TensorFlow) into `WORKDIR/tensorboard/`, one scalar per metric name.
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+CURVES_FILENAME = "learning_curves.png"
+
+
+def _jsonable(value: Any) -> Any:
+    value = float(value) if not isinstance(value, (int, str, bool)) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsWriter:
+    """Appends scalars to `metrics.jsonl` and TensorBoard; use as a context manager."""
+
+    def __init__(self, workdir: os.PathLike | str, *, enabled: bool = True,
+                 tensorboard: bool = True) -> None:
+        """Opens the writers (nothing is opened when `enabled` is False).
+
+        Args:
+          workdir: the run's workdir (must exist).
+          enabled: False on every process but 0.
+          tensorboard: also write TensorBoard event files.
+        """
+        self.workdir = Path(workdir)
+        self.path = self.workdir / METRICS_FILENAME
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIRNAME))
+
+    def drop_after(self, step: int) -> None:
+        """Removes lines with `step` > `step` (a resumed run rewrites what it will redo)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Writes one line `{"step": step, **scalars}` (non-finite values become null)."""
+        if not self.enabled or not scalars:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in scalars.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(name, float(value), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flushes and closes TensorBoard."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_metrics(path: os.PathLike | str) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _series(records: list[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_learning_curves(metrics_path: os.PathLike | str, png_path: os.PathLike | str) -> Path:
+    """Draws losses (left) and the evaluation task metrics (right) against the step.
+
+    Args:
+      metrics_path: a `metrics.jsonl` file.
+      png_path: where to write the PNG.
+
+    Returns:
+      The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    fig, (ax_loss, ax_task) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("train_loss", "eval_loss"):
+        steps, values = _series(records, name)
+        if steps:
+            ax_loss.plot(steps, values, marker="." if name.startswith("eval") else None,
+                         label=name)
+    ax_loss.set(xlabel="step", ylabel="loss (label-smoothed CE)", title="Loss")
+    task = ("eval_exact_match", "eval_bleu", "eval_chrf", "eval_accuracy")
+    for name in task:
+        steps, values = _series(records, name)
+        if steps:
+            ax_task.plot(steps, values, marker=".", label=name)
+    ax_task.set(xlabel="step", title="Evaluation")
+    for ax in (ax_loss, ax_task):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
