@@ -143,7 +143,7 @@ def get_builder(
         FileNotFoundError: a parallel text file, or an unprepared registry dataset.
     """
     if data_config.name not in _BUILDERS:
-        raise ValueError(f"Unknown dataset name {data_config.name!r}; known: {sorted(_BUILDERS)}")
+        raise ValueError(f"Unknown dataset name {data_config.name!r}; known: {list(_BUILDERS)}")
     config_lib.validate_data_config(data_config)
     if data_config.name == "tfds" and not (data_config.inputs_key and data_config.targets_key):
         raise ValueError(
