@@ -284,3 +284,11 @@ def test_all_examples_too_long(tfds_dir, tok):
     it = data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=0)
     with pytest.raises(ValueError, match="every example is longer than"):
         next(it)
+
+
+def test_tokenized_cache_changes_nothing(tfds_dir, tok):
+    config = make_config(tfds_dir, batching="bucket")
+    cached = take(data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=4), 45)
+    config.cache_max_examples = 0
+    uncached = take(data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=4), 45)
+    assert_same_batches(cached, uncached)  # 45 batches: more than two epochs.

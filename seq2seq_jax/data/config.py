@@ -97,6 +97,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.shuffle = True  # A fresh global permutation of the train split every epoch.
     c.shuffle_seed = config_dict.placeholder(int)  # None: use the experiment seed.
     c.prefetch = 2  # Batches prepared ahead in a background thread (0: none).
+    # Keep every tokenized train example in memory (later epochs skip reading and tokenizing)
+    # when the train split has at most this many examples (0: never; ~200 B an example).
+    c.cache_max_examples = 1_000_000
     return c
 
 

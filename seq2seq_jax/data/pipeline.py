@@ -91,12 +91,14 @@ def _chunk_stream(
     *,
     shuffle: bool,
     num_epochs: int | None,
+    cache_max_examples: int = 0,
 ) -> grain.MapDataset:
     """Returns the MapDataset of tokenized chunks of CHUNK_SIZE stream positions.
 
     The stream is a Grain MapDataset of example indices (global permutation, reseeded every
     epoch; repeated; host-sharded for 'pad'/'pack'); each chunk of indices is read with one
-    batched array_record read and tokenized in one call.
+    batched array_record read and tokenized in one call, and memoised per index when the split
+    has at most `cache_max_examples` examples.
     """
     indices = grain.MapDataset.range(len(text_source))
     if shuffle:
@@ -107,7 +109,23 @@ def _chunk_stream(
     encode = lambda chunk: batching.encode_pairs(
         text_source._getitems(chunk), source_tok, target_tok, plan.max_lengths, plan.truncate
     )
+    if len(text_source) <= cache_max_examples:
+        encode = _CachedEncoder(encode)
     return indices.batch(CHUNK_SIZE, batch_fn=list).map(encode)
+
+
+class _CachedEncoder:
+    """Memoises the tokenized example of each source index (later epochs skip read + encode)."""
+
+    def __init__(self, encode):
+        self._encode = encode
+        self._cache: dict[int, tuple[Example | None, int]] = {}
+
+    def __call__(self, chunk: list[int]) -> list[tuple[Example | None, int]]:
+        missing = [i for i in dict.fromkeys(chunk) if i not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self._encode(missing), strict=True))
+        return [self._cache[i] for i in chunk]
 
 
 @dataclasses.dataclass
@@ -297,6 +315,7 @@ def make_train_dataset(
         target_tokenizer,
         shuffle=data_config.shuffle,
         num_epochs=num_epochs,
+        cache_max_examples=data_config.cache_max_examples,
     )
     stream_length = len(text_source) * (num_epochs or 1)
     if num_epochs is None:

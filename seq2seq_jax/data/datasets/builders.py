@@ -11,11 +11,13 @@ examples keep generation/file order (the pipeline shuffles when reading).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
@@ -185,8 +187,12 @@ class Seq2seqJaxParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-    """Prepares `builder` as array_record unless already prepared there; returns it."""
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+    """Prepares `builder` as array_record unless already prepared there; returns it.
+
+    TFDS's progress messages go to stderr, so that stdout stays the caller's (e.g. JSON lines).
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
     return builder
