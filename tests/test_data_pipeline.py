@@ -292,3 +292,20 @@ def test_tokenized_cache_changes_nothing(tfds_dir, tok):
     config.cache_max_examples = 0
     uncached = take(data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=4), 45)
     assert_same_batches(cached, uncached)  # 45 batches: more than two epochs.
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket"])
+def test_restore_with_other_batch_size_resumes_nearby(tfds_dir, tok, mode):
+    config = make_config(tfds_dir, batching=mode)
+    it = data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=2)
+    take(it, 6)
+    state = it.get_state()
+    wider = data.make_train_iterator(config, tok, tok, batch_size=2 * ROWS, seed=2)
+    wider.set_state(state)
+    batch = next(wider)
+    assert batch["inputs"].shape[0] == 2 * ROWS
+    reference = data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=2)
+    seen_before = collections.Counter()
+    for b in take(reference, 6 if mode == "pad" else 4):  # 'bucket': up to the saved window.
+        seen_before.update(map(tuple, b["inputs"]))
+    assert not seen_before & collections.Counter(map(tuple, batch["inputs"]))

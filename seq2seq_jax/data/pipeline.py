@@ -12,9 +12,10 @@ hosts read the same global window of `bucket_window_batches * B * P` examples, s
 and cut global batches of B * P rows, of which each host keeps its B: shapes agree on every host
 at every step (jit sees the same global shape), at the price of tokenizing the window P times.
 
-The iterator's state is four integers (`position` in the stream, `batch_in_window`,
-`examples_read`, `examples_overlength`): restoring it rebuilds the window from the deterministic
-stream, so batch k+1 onwards come out exactly as they would have.
+The iterator's state is a few integers (`position` in the stream, `batch_in_window`,
+`examples_read`, `examples_overlength`, and the `rows` and `process_count` it was made with):
+restoring it rebuilds the window from the deterministic stream, so batch k+1 onwards come out
+exactly as they would have.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class _Window:
 
 
 class _BatchIterator(grain.DatasetIterator):
-    """Builds batches window by window from the tokenized stream; state = four integers."""
+    """Builds batches window by window from the tokenized stream; its state is integers."""
 
     def __init__(self, chunks: grain.MapDataset, stream_length: int, plan: _Plan):
         super().__init__()
@@ -254,14 +255,39 @@ class _BatchIterator(grain.DatasetIterator):
             "batch_in_window": int(self._batch),
             "examples_read": int(self._read),
             "examples_overlength": int(self._overlength),
+            "rows": int(self._plan.rows),
+            "process_count": int(self._plan.process_count),
         }
 
     def set_state(self, state: dict[str, int]) -> None:
+        """Restores a state; one saved with other rows or process count resumes approximately.
+
+        Same rows and process count: exactly the next batch. Otherwise (with a warning) the
+        stream resumes from the start of the saved window ('bucket', so a few examples may be
+        seen twice), or from the same point of the global stream ('pad'/'pack').
+        """
+        plan = self._plan
         self._position = int(state["position"])
         self._batch = int(state["batch_in_window"])
         self._read = int(state["examples_read"])
         self._overlength = int(state["examples_overlength"])
         self._window = None
+        saved = (
+            int(state.get("rows", plan.rows)),
+            int(state.get("process_count", plan.process_count)),
+        )
+        if saved != (plan.rows, plan.process_count):
+            logging.warning(
+                "%s: data state saved with %d rows x %d processes, restored with %d x %d: "
+                "resuming approximately",
+                plan.name,
+                *saved,
+                plan.rows,
+                plan.process_count,
+            )
+            self._batch = 0
+            if plan.mode != "bucket":
+                self._position = self._position * saved[1] // plan.process_count
 
 
 class _BatchDataset(grain.IterDataset):
