@@ -83,7 +83,7 @@ class RecurrentCell(nn.Module):
             features,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.orthogonal(),
+            kernel_init=nn.initializers.lecun_normal(),
         )
 
     def project_inputs(self, x: Array) -> Array:
