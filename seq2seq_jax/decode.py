@@ -1,0 +1,64 @@
+"""Translate with a trained model: `python -m seq2seq_jax.decode --workdir=DIR [--input=FILE]`.
+
+Reads one sentence per line (stdin by default), writes one output per line in input order
+(stdout by default). See docs/ARCHITECTURE.md, "Decode CLI", and `seq2seq_jax.inference.run`.
+"""
+
+import dataclasses
+import logging as pylogging
+import sys
+
+from absl import app, flags, logging
+
+from seq2seq_jax.inference import run
+
+F = flags
+F.DEFINE_string("workdir", None, "Training workdir (config.json, tokenizer/, checkpoints/).")
+F.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Latest step, or best by the run's "
+              "config.checkpoint.best_metric.")
+F.DEFINE_integer("checkpoint_step", None, "Restore this step instead of the latest.")
+F.DEFINE_string("input", None, "Input file, one sentence a line (default: stdin).")
+F.DEFINE_string("output", None, "Output file (default: stdout).")
+F.DEFINE_string("reference", None, "Reference file: report sacreBLEU BLEU/chrF to stderr.")
+F.DEFINE_string("metrics_file", None, "Write settings, speed and scores here as JSON.")
+F.DEFINE_integer("beam_size", None, "Beam size, 1 = greedy (default: config eval.beam_size).")
+F.DEFINE_float("alpha", None, "GNMT length penalty alpha (default: config eval.alpha).")
+F.DEFINE_integer("max_length", None, "Absolute maximum output length, EOS included "
+                 "(default: config eval.max_decode_length or data.max_target_length).")
+F.DEFINE_float("length_ratio", 1.5, "Per-sentence limit ceil(ratio * source_length + offset).")
+F.DEFINE_float("length_offset", 10.0, "See --length_ratio.")
+F.DEFINE_integer("max_source_length", None, "Longer inputs are truncated with a warning "
+                 "(default: config data.max_source_length; EOS included).")
+F.DEFINE_bool("sample", False, "Sample instead of searching (beam size 1).")
+F.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
+F.DEFINE_integer("top_k", 0, "Sample among the k most probable tokens (0 = all).")
+F.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
+F.DEFINE_integer("seed", 0, "Sampling seed (sentence i uses fold_in(seed, i)).")
+F.DEFINE_integer("batch_size", 64, "Sentences per decoding batch.")
+F.DEFINE_string("plot_attention", None, "Directory for alignment heatmaps (PNG).")
+F.DEFINE_integer("num_plots", 10, "Plot the first N non-empty sentences.")
+F.DEFINE_string("alignments", None, "Write every sentence's attention as JSON lines here.")
+F.DEFINE_bool("progress", True, "Progress bar on stderr for inputs of several batches.")
+F.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> int:
+    """Runs `seq2seq_jax.inference.run.run_decode`; one-line errors with exit code 1."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if logging.get_verbosity() <= logging.INFO:  # Keep INFO for our logs; quiet the libraries'.
+        for name in ("absl", "jax", "orbax"):
+            pylogging.getLogger(name).setLevel(pylogging.WARNING)
+    names = [f.name for f in dataclasses.fields(run.DecodeOptions)]
+    options = run.DecodeOptions(**{name: F.FLAGS[name].value for name in names})
+    try:
+        run.run_decode(options)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"seq2seq_jax.decode: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

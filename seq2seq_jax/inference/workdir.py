@@ -1,0 +1,151 @@
+"""Restoring a trained model for decoding from a self-contained workdir (read-only).
+
+A workdir holds `config.json`, `tokenizer/` and `checkpoints/<step>/` (see
+`seq2seq_jax.training.checkpoint`). Nothing here writes to it, so decoding is safe while training
+still runs in the same workdir (no Orbax manager is opened: that would clean up the trainer's
+in-flight temporary directories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from seq2seq_jax import data as data_lib
+from seq2seq_jax import models
+from seq2seq_jax.training import checkpoint as ckpt_lib
+from seq2seq_jax.training import experiment
+
+PyTree = Any
+METRICS_ITEM = "metrics"  # Orbax CheckpointManager's metrics item: <step>/metrics/metrics (JSON).
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """Everything needed to decode with a workdir's checkpoint.
+
+    Attributes:
+      config: the resolved experiment config of the run (`config.json`).
+      model_config: the decode-mode `ModelConfig` (deterministic).
+      model: the Linen module built from it.
+      params: the checkpoint's parameters (on the first local device).
+      source_tokenizer: the run's source tokenizer.
+      target_tokenizer: the run's target tokenizer.
+      step: the restored training step.
+      step_dir: the Orbax step directory read.
+    """
+
+    config: ml_collections.ConfigDict
+    model_config: models.ModelConfig
+    model: nn.Module
+    params: PyTree
+    source_tokenizer: Any
+    target_tokenizer: Any
+    step: int
+    step_dir: Path
+
+
+def saved_metrics(step_dir: os.PathLike | str) -> dict[str, float] | None:
+    """The metrics saved with a checkpoint step (None if it has none)."""
+    path = Path(step_dir) / METRICS_ITEM / METRICS_ITEM
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ckpt_lib.CheckpointError(f"corrupt checkpoint metrics {path}: {e}") from e
+
+
+def best_step(workdir: os.PathLike | str, metric: str, mode: str) -> int:
+    """The complete step with the best finite `metric` (ties: the later step).
+
+    Raises:
+      FileNotFoundError: no complete checkpoint in the workdir.
+      ValueError: no checkpoint has a finite value of `metric`.
+    """
+    location = ckpt_lib.resolve_checkpoint(workdir)  # Raises if there is none.
+    checkpoints_dir = location.step_dir.parent
+    steps = ckpt_lib.complete_steps(checkpoints_dir)
+    scored = [(ckpt_lib.metric_score(saved_metrics(checkpoints_dir / str(s)), metric, mode), s)
+              for s in steps]
+    scored = [(score, s) for score, s in scored if math.isfinite(score)]
+    if not scored:
+        raise ValueError(f"no checkpoint in {checkpoints_dir} has a value of {metric!r} "
+                         f"(steps: {steps}); use the latest or a step number instead")
+    return max(scored)[1]
+
+
+def choose_step(workdir: Path, config: ml_collections.ConfigDict, checkpoint: str,
+                step: int | None) -> int | None:
+    """The step to restore: `step` if given, else 'latest' (None) or 'best' by the run's metric.
+
+    Raises:
+      ValueError: unknown `checkpoint`, both a step and 'best', or 'best' without a tracked metric.
+    """
+    if checkpoint not in ("latest", "best"):
+        raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
+    if step is not None:
+        if checkpoint == "best":
+            raise ValueError("give either --checkpoint=best or --checkpoint_step, not both")
+        return step
+    if checkpoint == "latest":
+        return None
+    metric = config.get("checkpoint", {}).get("best_metric", "")
+    if not metric:
+        raise ValueError(f"--checkpoint=best: the run in {workdir} tracked no best metric "
+                         "(config.checkpoint.best_metric is empty)")
+    return best_step(workdir, metric, config.checkpoint.get("best_mode", "max"))
+
+
+def _build_model(config: ml_collections.ConfigDict, source_tok: Any,
+                 target_tok: Any) -> tuple[models.ModelConfig, nn.Module]:
+    model_config = models.ModelConfig.from_config(
+        config.model, source_vocab_size=source_tok.vocab_size,
+        target_vocab_size=target_tok.vocab_size, bos_id=target_tok.bos_id,
+        eos_id=target_tok.eos_id).replace(deterministic=True)
+    return model_config, models.build_model(model_config)
+
+
+def _abstract_params(model: nn.Module) -> PyTree:
+    """Parameter shapes/dtypes, placed on the first local device (decoding runs there)."""
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+
+
+def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "latest",
+                         step: int | None = None) -> RestoredModel:
+    """Loads config, tokenizers and a checkpoint's parameters from a training workdir.
+
+    Args:
+      workdir: the training run's directory.
+      checkpoint: 'latest' or 'best' (by the run's `config.checkpoint.best_metric`).
+      step: restore this step instead (with `checkpoint='latest'`).
+
+    Returns:
+      A `RestoredModel`.
+
+    Raises:
+      FileNotFoundError: missing workdir, config, tokenizer or checkpoint (naming the path).
+      ValueError: bad option, corrupt checkpoint (`CheckpointError`) or parameters that do not
+        match the config's model (all named).
+    """
+    path = Path(workdir).expanduser().absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"workdir does not exist: {path}")
+    config = experiment.load_config(path)
+    tokenizer_dir = path / ckpt_lib.TOKENIZER_DIRNAME
+    source_tok, target_tok = data_lib.load_tokenizers(str(tokenizer_dir))
+    location = ckpt_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
+    model_config, model = _build_model(config, source_tok, target_tok)
+    params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
+    return RestoredModel(config, model_config, model, params, source_tok, target_tok,
+                         location.step, location.step_dir)
