@@ -8,17 +8,29 @@ step that may need TensorFlow); they are opened from their directory, without th
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from seq2seq_jax.data import config as config_lib
 from seq2seq_jax.data.datasets import builders
 
 TextPair = tuple[str, str]
+
+
+class _QuietCustomConfig(logging.Filter):
+    """Drops TFDS's warning that our builders use config objects (they always do, by design)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+
+absl_logging.get_absl_logger().addFilter(_QuietCustomConfig())
 _BUILDER_CACHE: dict[tuple, tuple[tfds.core.DatasetBuilder, str, str]] = {}
 
 
