@@ -14,17 +14,17 @@ from ml_collections import config_flags
 from seq2seq_jax.training import loop, parallel
 
 _REPO_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-_DEFAULT_CONFIG = "configs/default.py" if Path("configs/default.py").is_file() else str(
-    _REPO_DEFAULT)
+_DEFAULT = "configs/default.py" if Path("configs/default.py").is_file() else str(_REPO_DEFAULT)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", default=_DEFAULT_CONFIG, help_string="Experiment config file[:variant].",
-    lock_config=True)
+    "config", default=_DEFAULT, help_string="Experiment config file[:variant].", lock_config=True)
 
 
-def _fail(error: Exception) -> int:
-    print(f"seq2seq_jax.train: error: {error}", file=sys.stderr)
+def _fail(what: str, error: Exception) -> int:
+    lines = [x for x in str(error).splitlines() if x.strip()]
+    text = lines[-1] if "Traceback" in str(error) else " ".join(" ".join(lines).split())
+    print(f"seq2seq_jax.train: error: {what}{text}", file=sys.stderr)
     return 1
 
 
@@ -34,21 +34,33 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    config = _CONFIG.value
     if logging.get_verbosity() <= logging.INFO:  # Keep INFO for our logs; quiet the libraries'.
         for name in ("absl", "jax", "orbax"):
             pylogging.getLogger(name).setLevel(pylogging.WARNING)
     try:
+        config = _CONFIG.value  # A config file that failed to load raises here.
         parallel.maybe_initialize_distributed(config.distributed)
-    except ValueError as e:
-        return _fail(e)
+    except (OSError, ValueError) as e:
+        return _fail("", e)
     try:
         result = loop.train_and_evaluate(config, _WORKDIR.value)
     except loop.SetupError as e:
-        return _fail(e)
+        return _fail("", e)
     logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("train_")})
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (unknown config keys, bad values)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        key = str(e).strip("\"'")
+        culprits = [a for a in argv[1:] if a.startswith("--config") and key and key in a]
+        what = "unknown config key" if isinstance(e, AttributeError) else "bad flag or config"
+        where = f" in {' '.join(culprits)}" if culprits else ""
+        sys.exit(_fail(f"{what}{where}: ", e))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

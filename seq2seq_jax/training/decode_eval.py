@@ -15,9 +15,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-import sacrebleu
 
 from seq2seq_jax import decoding, models
+from seq2seq_jax.evaluation import metrics as eval_metrics
 
 PyTree = Any
 
@@ -83,14 +83,12 @@ def decode_texts(
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str], metric: str) -> dict[str, float]:
-    """`{"exact_match": %}` or `{"bleu": sacreBLEU, "chrf": chrF}` (+ exact match), in percent."""
-    exact = 100.0 * float(np.mean([h.strip() == r.strip()
-                                   for h, r in zip(hypotheses, references, strict=True)]))
+    """`{"exact_match": %}` or `{"bleu", "chrf", "exact_match"}` (sacreBLEU), in percent."""
+    exact = eval_metrics.exact_match(hypotheses, references)
     if metric == "exact_match":
         return {"exact_match": exact}
     if metric == "bleu":
-        refs = [list(references)]
-        return {"bleu": sacrebleu.corpus_bleu(list(hypotheses), refs).score,
-                "chrf": sacrebleu.corpus_chrf(list(hypotheses), refs).score,
+        return {"bleu": eval_metrics.corpus_bleu(hypotheses, references).score,
+                "chrf": eval_metrics.corpus_chrf(hypotheses, references).score,
                 "exact_match": exact}
     raise ValueError(f"config.eval.task_metric={metric!r} is not 'exact_match' or 'bleu'")
