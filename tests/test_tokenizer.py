@@ -155,3 +155,12 @@ def test_batches_use_the_tokenizer_special_ids(tfds_dir, tmp_path, kind):
         lengths = (seg > 0).sum(axis=1)
         np.testing.assert_array_equal(ids[np.arange(8), lengths - 1], tok.eos_id)
         assert (ids != tok.bos_id).all()
+
+
+def test_sentencepiece_trains_on_a_fixed_sample_of_big_splits(tfds_dir):
+    config = dates_config(tfds_dir, tokenizer="sentencepiece", spm_max_sentences=100)
+    sample = tokenizer_lib._training_pairs(config)
+    assert len(set(sample)) == 100 and set(sample) <= set(data.load_texts(config, "train"))
+    assert tokenizer_lib._training_pairs(config) == sample, "deterministic"
+    config.tokenizer = "char"  # Characters: every pair, so no rare character is missed.
+    assert len(tokenizer_lib._training_pairs(config)) == 500

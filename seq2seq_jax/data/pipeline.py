@@ -108,7 +108,7 @@ def _chunk_stream(
     if plan.mode != "bucket" and plan.process_count > 1:
         indices = indices[plan.process_index :: plan.process_count]
     encode = lambda chunk: batching.encode_pairs(
-        text_source._getitems(chunk), source_tok, target_tok, plan.max_lengths, plan.truncate
+        text_source.read(chunk), source_tok, target_tok, plan.max_lengths, plan.truncate
     )
     if len(text_source) <= cache_max_examples:
         encode = _CachedEncoder(encode)

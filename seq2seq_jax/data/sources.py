@@ -193,9 +193,13 @@ class TextPairSource:
     def __getitem__(self, index: int) -> TextPair:
         return self._pair(self._source[index])
 
-    def _getitems(self, indices: Sequence[int]) -> list[TextPair]:
-        """Batched read (Grain calls it when present)."""
+    def read(self, indices: Sequence[int]) -> list[TextPair]:
+        """Batched read of the pairs at `indices` (one array_record call)."""
         return [self._pair(e) for e in self._source.__getitems__(list(indices))]
+
+    def _getitems(self, indices: Sequence[int]) -> list[TextPair]:
+        """Batched read under the name Grain looks for."""
+        return self.read(indices)
 
     def __repr__(self) -> str:
         return f"TextPairSource({self.name}, {len(self)} examples)"
@@ -244,4 +248,4 @@ def load_texts(
     """
     source = open_split(data_config, split)
     n = len(source) if max_examples is None else min(max_examples, len(source))
-    return source._getitems(range(n))
+    return source.read(range(n))

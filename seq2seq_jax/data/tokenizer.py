@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import ml_collections
+import numpy as np
 import sentencepiece as spm
 from absl import logging
 
@@ -341,6 +342,16 @@ def _saved_options(source: Tokenizer, target: Tokenizer) -> dict[str, Any]:
     return saved
 
 
+def _training_pairs(data_config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """The train split, or for SentencePiece a fixed random sample of `spm_max_sentences` pairs."""
+    source = sources.open_split(data_config, data_config.train_split)
+    n, limit = len(source), data_config.spm_max_sentences
+    if data_config.tokenizer != "sentencepiece" or n <= limit:
+        return source.read(range(n))
+    indices = np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
+    return source.read(indices.tolist())
+
+
 def get_tokenizers(
     data_config: ml_collections.ConfigDict, workdir: str
 ) -> tuple[Tokenizer, Tokenizer]:
@@ -378,7 +389,7 @@ def get_tokenizers(
         pair = load_tokenizers(data_config.tokenizer_dir)
         logging.info("Using the tokenizer of %s", data_config.tokenizer_dir)
     else:
-        pairs = sources.load_texts(data_config, data_config.train_split)
+        pairs = _training_pairs(data_config)
         logging.info("Training %s tokenizer(s) on %d pairs", data_config.tokenizer, len(pairs))
         pair = train_tokenizers(data_config, pairs)
     save_tokenizers(*pair, directory)
