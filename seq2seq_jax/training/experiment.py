@@ -53,6 +53,9 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     c.best_mode = "max"  # "max" (eval_bleu, eval_exact_match) or "min" (eval_loss).
     c.keep_best = 1
     c.async_save = True
+    # Fine-tuning with init_checkpoint: grow embedding/output rows to a larger vocabulary
+    # (old rows kept, new rows freshly initialised) instead of failing on the shape mismatch.
+    c.extend_vocab = False
     return c
 
 

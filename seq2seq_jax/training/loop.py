@@ -223,7 +223,8 @@ def _restore(exp: Experiment, ckpt) -> TrainState:
     elif exp.config.init_checkpoint:
         from seq2seq_jax.training import checkpoint
         log.info("Initialising parameters from %s", exp.config.init_checkpoint)
-        params = checkpoint.restore_params(exp.config.init_checkpoint, host_state.params)
+        params = checkpoint.restore_params(exp.config.init_checkpoint, host_state.params,
+                                           extend_vocab=exp.config.checkpoint.extend_vocab)
         host_state = host_state.replace(params=params)
     else:
         return exp.state
