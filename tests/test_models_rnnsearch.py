@@ -50,17 +50,14 @@ def _config(**overrides) -> ModelConfig:
 
 
 def _random_variables(model: nn.Module, seed: int = 0):
-    """Random parameters of the model's shapes, without compiling `init`.
+    """Random parameters of the model's shapes (NumPy RNG), without compiling `init`.
 
     The properties tested here hold for any parameters; skipping `init` (whose compiled form
-    includes every initializer and a second trace of the decoder scan) keeps the tests fast.
-    `init` itself runs in the NNX bridge test.
+    holds every initializer and a second trace of the decoder scan) keeps the tests fast.
     """
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), INPUTS, TARGETS)
-    leaves, tree = jax.tree.flatten(shapes)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree.unflatten(tree, [0.4 * jax.random.normal(k, x.shape, x.dtype)
-                                     for k, x in zip(keys, leaves, strict=True)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(0.4 * rng.normal(size=x.shape), x.dtype), shapes)
 
 
 @functools.cache
@@ -160,18 +157,12 @@ def _target_embedding_jacobian(model, variables, t):
 
 
 def test_no_leak_logits_do_not_depend_on_later_targets():
-    model, variables, forward = _init(_config(**VARIANTS["lstm_input_feeding_stacked_maxout"]))
+    model, variables, _ = _init(_config(**VARIANTS["lstm_input_feeding_stacked_maxout"]))
     t = 2
     grad = _target_embedding_jacobian(model, variables, t)
     # position t reads decoder inputs 0..t (= BOS, y_0..y_{t-1}); nothing after t
     assert np.abs(grad[:, : t + 1]).max() > 0
     np.testing.assert_array_equal(grad[:, t + 1 :], 0.0)
-    # and changing targets at >= t changes nothing at < t (decoder input t is target t-1)
-    changed = TARGETS.copy()
-    changed[:, t:] = 7
-    a = np.asarray(forward(variables, INPUTS, TARGETS))
-    b = np.asarray(forward(variables, INPUTS, changed))
-    np.testing.assert_array_equal(a[:, : t + 1], b[:, : t + 1])
 
 
 def test_chex_asserts_fire_on_wrong_shapes_at_the_boundary():
@@ -200,15 +191,14 @@ def test_dropout_uses_the_dropout_stream_and_deterministic_switch():
     frozen = RNNSearch(model.config.replace(deterministic=True))
 
     @jax.jit
-    def run(v):
+    def run(v, seeds):
         train = lambda m, seed: m.apply(v, INPUTS, TARGETS, train=True,
                                         rngs={"dropout": jax.random.PRNGKey(seed)})
-        return train(model, 1), train(model, 1), train(model, 2), train(frozen, 1)
+        return jax.vmap(lambda seed: train(model, seed))(seeds), train(frozen, seeds[0])
 
-    first, again, other, frozen_logits = run(variables)
+    (first, other), frozen_logits = run(variables, jnp.array([1, 2]))
     eval_logits = forward(variables, INPUTS, TARGETS)
     assert not np.allclose(first, eval_logits)
-    np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
     np.testing.assert_allclose(frozen_logits, eval_logits, atol=1e-6)
 
