@@ -112,6 +112,28 @@ def test_cache_tiles_and_gathers_on_axis_0_like_beam_search():
     np.testing.assert_allclose(tiled_cache["state"][0][1::2], plain_cache["state"][0], atol=1e-6)
 
 
+@pytest.mark.parametrize("bridge", ["mean", "final", "backward", "zero"])
+def test_initial_decoder_state_is_the_bridge_of_the_annotations(bridge):
+    model, variables, _ = _init(_config(bridge=bridge))
+    cache = jax.jit(functools.partial(init_decode_cache, model))(variables, jnp.asarray(INPUTS))
+    annotations = np.asarray(cache["annotations"])  # [B, S, 2H], zero on padding
+    lengths = (INPUTS != 0).sum(-1)
+    hidden = model.config.encoder_hidden_size
+    rows = np.arange(len(INPUTS))
+    summary = {
+        "mean": annotations.sum(1) / lengths[:, None],
+        "final": np.concatenate([annotations[rows, lengths - 1, :hidden],
+                                 annotations[:, 0, hidden:]], -1),
+        "backward": annotations[:, 0, hidden:],
+    }
+    if bridge == "zero":
+        np.testing.assert_array_equal(cache["state"][0], 0.0)
+        return
+    p = variables["params"]["bridge_0"]
+    want = np.tanh(summary[bridge] @ np.asarray(p["kernel"]) + np.asarray(p["bias"]))
+    np.testing.assert_allclose(cache["state"][0], want, atol=1e-5)
+
+
 def test_attention_is_zero_on_source_padding_and_sums_to_one():
     model, variables, _ = _init(_config())
 

@@ -23,7 +23,7 @@ import ml_collections
 MODEL_NAMES = ("rnnsearch", "transformer")
 CELL_TYPES = ("gru", "lstm")
 ATTENTION_TYPES = ("additive", "dot")
-BRIDGES = ("mean", "final", "zero")
+BRIDGES = ("mean", "final", "backward", "zero")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 
 # The PyTorch peer's vocabulary size and special ids (shared/bench/torch_rnnsearch.py).
@@ -55,7 +55,8 @@ class ModelConfig:
       decoder_layers: stacked decoder layers (both families).
       bidirectional: RNN encoder reads both directions (annotations of 2 * encoder_hidden_size).
       bridge: initial RNN decoder state: 'mean' = tanh(W mean of annotations), 'final' =
-        tanh(W [last forward state; first backward state]), 'zero'.
+        tanh(W [last forward state; first backward state]), 'backward' = tanh(W first backward
+        state) (Bahdanau et al. 2015; needs `bidirectional`), 'zero'.
       input_feeding: Luong-style: attention after the cell with s_t as query, and the previous
         context fed into the next step's input; otherwise Bahdanau (query s_{t-1}).
       maxout_size: deep output with maxout of this many units (0: a plain linear output).
@@ -223,6 +224,8 @@ class ModelConfig:
                 "model.tie_output_embeddings needs maxout_size 0 or equal to emb_dim "
                 f"({self.emb_dim}), got {self.maxout_size}"
             )
+        if self.bridge == "backward" and not self.bidirectional:
+            raise ValueError("model.bridge='backward' needs model.bidirectional=True")
         attention_dim = self.attention_dim or self.decoder_hidden_size
         if attention_dim % self.num_heads or self.annotation_size % self.num_heads:
             raise ValueError(
@@ -256,8 +259,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "rnnsearch50": {
         "name": "rnnsearch", "emb_dim": 620, "encoder_hidden_size": 1000,
         "decoder_hidden_size": 1000, "attention_dim": 1000, "cell_type": "gru",
-        "bidirectional": True, "bridge": "mean", "maxout_size": 500, "dropout_rate": 0.0,
-        "max_len": 50,
+        "bidirectional": True, "bridge": "backward", "maxout_size": 500, "dropout_rate": 0.0,
     },
     "transformer": {
         "name": "transformer", "emb_dim": 128, "mlp_dim": 512, "num_heads": 4,

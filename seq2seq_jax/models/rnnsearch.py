@@ -9,7 +9,8 @@ Decoder step (Bahdanau, default): the query is the previous top-layer state s_{t
     logits_t = out([s_t; c_t; E y_{t-1}])   (optionally through a maxout deep output).
 With `input_feeding` (Luong): s_t = cell([E y_{t-1}; c_{t-1}], s_{t-1}); c_t = attend(s_t).
 The initial state is the bridge tanh(W summary), summary = masked mean of the annotations
-('mean') or [last forward; first backward] top encoder states ('final'), or zero.
+('mean'), [last forward; first backward] top encoder states ('final'), the first backward state
+('backward', Bahdanau's s_0), or zero.
 
 Efficiency: the attention key projection is computed once per source; the input projection of
 the target embeddings runs for all steps in one matmul before the scan; the scan only does
@@ -124,6 +125,8 @@ class RNNSearch(nn.Module):
             encoded["summary"] = (total / count).astype(annotations.dtype)
         elif self.config.bridge == "final":
             encoded["summary"] = jnp.concatenate(finals, axis=-1)  # [B, dirs*H_enc]
+        elif self.config.bridge == "backward":
+            encoded["summary"] = finals[-1]  # [B, H_enc], backward state at position 0
         return encoded
 
     def _initial_state(self, encoded: dict[str, Array]) -> tuple[Any, ...]:
