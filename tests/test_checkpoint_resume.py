@@ -1,0 +1,152 @@
+"""Exact resume of `python -m seq2seq_jax.train` after SIGTERM and SIGKILL (also mid-save).
+
+One uninterrupted run of N steps is the reference. A second run is interrupted three times and
+resumed each time in a fresh process:
+
+1. SIGTERM during step 4 -> the loop finishes step 5, saves it (not a multiple of the checkpoint
+   interval) and exits with code 0;
+2. SIGKILL right after `save(8)` returned, i.e. while the asynchronous write is in flight ->
+   step 8 is never committed, the next run resumes from 6 over Orbax's leftover temporary dir;
+3. SIGKILL during step 9, after step 8 was committed (a plain kill);
+4. the last run trains to N.
+
+Its per-step losses (metrics.jsonl) and final TrainState (params, optimizer state, step, rng)
+and data-iterator state must equal the reference bitwise: on CPU the same compiled program on
+the same inputs is deterministic, so any difference is a resume bug, not float noise.
+
+The signals are real (os.kill on the training process); only their timing is pinned by running
+the CLI through this file's `__main__`, which wraps `Checkpointer.should_save`/`save` to send
+them at the chosen steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 10
+TRAIN_FLAGS = (
+    "--config=configs/default.py:tiny", "--config.progress_bar=False",
+    f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2", "--config.checkpoint.max_to_keep=10",
+    "--config.eval_every_steps=0", "--config.eval.task_metric=none",
+    "--config.eval.final_split=", "--config.eval.max_batches=1",
+)
+
+
+def run_train(workdir: Path, cache: Path, *faults: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, __file__, *faults, "--", *TRAIN_FLAGS,
+                           f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    assert len(train) == len(dict(train)), f"duplicate steps in {workdir}/metrics.jsonl"
+    return dict(train)
+
+
+def final_state(workdir: Path) -> dict:
+    import orbax.checkpoint as ocp
+
+    step_dir = workdir / "checkpoints" / str(STEPS)
+    state = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+    data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
+    return {"state": state, "data": data}
+
+
+def committed(workdir: Path) -> list[int]:
+    from seq2seq_jax.training.checkpoint import complete_steps
+
+    return complete_steps(workdir / "checkpoints")
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path):
+    cache = tmp_path / "jax_cache"
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    proc = run_train(reference, cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    proc = run_train(resumed, cache, "--sigterm-during=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert committed(resumed) == [2, 4, 5]
+
+    proc = run_train(resumed, cache, "--sigkill-after-save=8")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert committed(resumed) == [2, 4, 5, 6]
+    leftovers = list((resumed / "checkpoints").glob("8.orbax-checkpoint-tmp*"))
+    assert leftovers, "the kill did not land during the asynchronous save of step 8"
+
+    proc = run_train(resumed, cache, "--sigkill-during=9")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert committed(resumed) == [2, 4, 5, 6, 8]
+    assert not list((resumed / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+
+    proc = run_train(resumed, cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = losses(reference)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert losses(resumed) == expected
+    want, got = final_state(reference), final_state(resumed)
+    assert got["data"] == want["data"]
+    import jax
+
+    assert jax.tree.structure(got["state"]) == jax.tree.structure(want["state"])
+    for a, b in zip(jax.tree.leaves(got["state"]), jax.tree.leaves(want["state"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker: `python tests/test_checkpoint_resume.py [faults] -- <seq2seq_jax.train flags>`.
+
+
+def _install_faults(args: list[str]) -> None:
+    """Wraps Checkpointer methods to signal this process at the requested steps."""
+    from seq2seq_jax.training import checkpoint
+
+    faults = dict(a.lstrip("-").split("=") for a in args)
+    faults = {k: int(v) for k, v in faults.items()}
+    should_save, save = checkpoint.Checkpointer.should_save, checkpoint.Checkpointer.save
+
+    def faulty_should_save(self, step):
+        if step == faults.get("sigterm-during"):
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop saves the next step and exits
+        if step == faults.get("sigkill-during"):
+            self.wait()  # step - 1 (a save step) is committed: a plain kill
+            os.kill(os.getpid(), signal.SIGKILL)
+        return should_save(self, step)
+
+    def faulty_save(self, step, *a, **kw):
+        started = save(self, step, *a, **kw)
+        if step == faults.get("sigkill-after-save"):
+            os.kill(os.getpid(), signal.SIGKILL)  # the async write is still in flight
+        return started
+
+    checkpoint.Checkpointer.should_save = faulty_should_save
+    checkpoint.Checkpointer.save = faulty_save
+
+
+if __name__ == "__main__":
+    split = sys.argv.index("--")
+    _install_faults(sys.argv[1:split])
+    from absl import app
+
+    from seq2seq_jax import train
+
+    sys.argv = ["seq2seq_jax.train", *sys.argv[split + 1:]]
+    app.run(train.main)
