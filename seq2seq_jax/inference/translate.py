@@ -23,6 +23,7 @@ sentence's output does not depend on the batch it lands in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable, Container, Sequence
@@ -213,9 +214,18 @@ def make_search_fn(model: nn.Module, search: SearchConfig, *, bos_id: int,
 
     It encodes `inputs`, runs the search of `search` with per-row output limits and returns
     `(tokens [B, L], lengths [B], scores [B], attention [B, L, S])` of the best hypotheses.
+    The function is shared by every call with an equal model and equal compiled options (alpha,
+    seed and the length function are arguments), so its compiled programs are reused, e.g. by
+    each evaluation of a training run.
     """
-    search = search.validate()
+    compiled_options = dataclasses.replace(search.validate(), alpha=0.0, seed=0,
+                                           length_ratio=0.0, length_offset=0.0)
+    return _search_fn(model, compiled_options, int(bos_id), int(eos_id))
 
+
+@functools.lru_cache(maxsize=16)
+def _search_fn(model: nn.Module, search: SearchConfig, bos_id: int,
+               eos_id: int) -> Callable[..., tuple[jax.Array, ...]]:
     def run(params: PyTree, inputs: jax.Array, limits: jax.Array, keys: jax.Array,
             alpha: jax.Array) -> tuple[jax.Array, ...]:
         variables = {"params": params}

@@ -1,25 +1,36 @@
 """The task metric during training: decode a subset of a split and score it against references.
 
-Shapes: B decode batch rows, S = data.max_source_length, L = output buffer length.
+Shapes: B decode batch rows, S source bucket width (<= data.max_source_length), L output buffer
+length.
 
-Decoding uses `seq2seq_jax.decoding` (greedy, or beam search when `eval.beam_size > 1`) through
-the model's incremental-decoding cache. Every host decodes the same examples (the subset is small)
-and process 0 scores and logs them.
+Decoding is the decode CLI's path (`seq2seq_jax.inference.translate.BatchTranslator`: greedy, or
+beam search when `eval.beam_size > 1`, over the model's incremental-decoding cache), so the
+logged score is what `python -m seq2seq_jax.decode` reproduces from the checkpoint. Every host
+decodes the same examples (the subset is small) and process 0 scores and logs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
-import numpy as np
 
-from seq2seq_jax import decoding, models
 from seq2seq_jax.evaluation import metrics as eval_metrics
+from seq2seq_jax.inference.translate import BatchTranslator, SearchConfig
 
 PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDecoder:
+    """The decode-mode model and search of the task metric (`make_decode_fn`)."""
+
+    model: nn.Module
+    search: SearchConfig
+    bos_id: int
+    eos_id: int
 
 
 def make_decode_fn(
@@ -30,37 +41,18 @@ def make_decode_fn(
     max_decode_length: int,
     beam_size: int = 1,
     alpha: float = 0.6,
-) -> Callable[[PyTree, np.ndarray], tuple[jax.Array, jax.Array]]:
-    """A jitted `fn(params, inputs [B, S]) -> (tokens [B, L], lengths [B])`."""
+) -> EvalDecoder:
+    """The decoder `decode_texts` runs: greedy, or beam search when `beam_size > 1`.
 
-    def decode(params: PyTree, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        variables = {"params": params}
-        cache = models.init_decode_cache(model, variables, inputs,
-                                         max_decode_length=max_decode_length)
-        step = models.make_tokens_to_logits(model, variables)
-        if beam_size > 1:
-            result = decoding.beam_search(step, cache, beam_size=beam_size, bos_id=bos_id,
-                                          eos_id=eos_id, max_length=max_decode_length,
-                                          alpha=alpha)
-        else:
-            result = decoding.greedy_search(step, cache, bos_id=bos_id, eos_id=eos_id,
-                                            max_length=max_decode_length)
-        return result.tokens, result.lengths
-
-    return jax.jit(decode)
-
-
-def encode_sources(texts: Sequence[str], tokenizer: Any, max_length: int, rows: int) -> np.ndarray:
-    """Token ids + EOS, truncated to `max_length`, padded to `[rows, max_length]` (pad rows 0)."""
-    out = np.zeros((rows, max_length), np.int32)
-    for i, ids in enumerate(tokenizer.encode_batch(list(texts))):
-        ids = list(ids[: max_length - 1]) + [tokenizer.eos_id]
-        out[i, : len(ids)] = ids
-    return out
+    `max_decode_length` caps every output; each sentence's limit is also
+    `ceil(1.5 * source_length + 10)`, as in `python -m seq2seq_jax.decode`.
+    """
+    search = SearchConfig(beam_size=beam_size, alpha=alpha, max_length=max_decode_length)
+    return EvalDecoder(model, search.validate(), bos_id, eos_id)
 
 
 def decode_texts(
-    decode_fn: Callable[..., Any],
+    decode_fn: EvalDecoder,
     params: PyTree,
     sources: Sequence[str],
     *,
@@ -69,17 +61,17 @@ def decode_texts(
     max_source_length: int,
     batch_size: int,
 ) -> list[str]:
-    """Detokenised outputs for `sources`, in order (fixed-shape batches: one compilation)."""
-    outputs: list[str] = []
-    for start in range(0, len(sources), batch_size):
-        chunk = sources[start:start + batch_size]
-        inputs = encode_sources(chunk, source_tokenizer, max_source_length, batch_size)
-        if len(chunk) < batch_size:  # Fill with copies of a real row; their outputs are dropped.
-            inputs[len(chunk):] = inputs[0]
-        tokens, lengths = jax.device_get(decode_fn(params, inputs))
-        for row in range(len(chunk)):
-            outputs.append(target_tokenizer.decode(tokens[row, : lengths[row]].tolist()))
-    return outputs
+    """Detokenised outputs for `sources`, in order, through the decode CLI's batched path
+    (`seq2seq_jax.inference.translate.BatchTranslator`: bucketed, compiled once per bucket)."""
+    if (decode_fn.bos_id, decode_fn.eos_id) != (target_tokenizer.bos_id, target_tokenizer.eos_id):
+        raise ValueError(f"decoder BOS/EOS ids {(decode_fn.bos_id, decode_fn.eos_id)} differ "
+                         f"from the target tokenizer's "
+                         f"{(target_tokenizer.bos_id, target_tokenizer.eos_id)}")
+    translator = BatchTranslator(decode_fn.model, decode_fn.search,
+                                 source_tokenizer=source_tokenizer,
+                                 target_tokenizer=target_tokenizer,
+                                 max_source_length=max_source_length, batch_size=batch_size)
+    return [t.text for t in translator.translate(params, sources)]
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str], metric: str) -> dict[str, float]:
