@@ -12,7 +12,7 @@ Prepare the data once (needs the optional TensorFlow extra, `pip install seq2seq
 
 Command (one host with 8 accelerators; multi-host: see launch/):
 
-    python -m seq2seq_jax.train --config=configs/wmt14_rnnsearch50.py --workdir=gs://.../rnnsearch50
+    python -m seq2seq_jax.train --config=configs/wmt14_rnnsearch50.py --workdir=/shared/rnnsearch50
 
 Expected: not run on this project's machines (it cannot run on the 2-core CPU); the paper reports
 BLEU 26.75 on newstest2014 (28.45 on sentences without unknown words) after about 5 days on one

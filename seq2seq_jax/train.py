@@ -8,6 +8,7 @@ import logging as pylogging
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> int:
             pylogging.getLogger(name).setLevel(pylogging.WARNING)
     try:
         config = _CONFIG.value  # A config file that failed to load raises here.
-        parallel.maybe_initialize_distributed(config.distributed)
+        if parallel.maybe_initialize_distributed(config.distributed) and jax.process_index():
+            pylogging.getLogger("seq2seq_jax").setLevel(pylogging.WARNING)  # Process 0 reports.
     except (OSError, ValueError) as e:
         return _fail("", e)
     try:

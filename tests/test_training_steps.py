@@ -126,3 +126,28 @@ def test_accumulate_and_summarize_divide_only_at_the_end():
     b = {"loss": (np.float32(1.0), np.float32(8.0))}
     total = steps.accumulate(steps.accumulate(None, a), b)
     assert steps.summarize(total, prefix="train_") == {"train_loss": 0.7}
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+    """model.dtype='bfloat16' on the real RNNsearch: f32 params, f32 loss near the f32 model's."""
+    from seq2seq_jax import models
+
+    batch = make_batch(5, batch=8, src_len=4, tgt_len=3)
+    states = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = models.ModelConfig(name="rnnsearch", source_vocab_size=16, target_vocab_size=16,
+                                 emb_dim=8, encoder_hidden_size=8, decoder_hidden_size=16,
+                                 dropout_rate=0.0, dtype=dtype)
+        model = models.build_model(cfg)
+        params = model.init(jax.random.PRNGKey(0), batch["inputs"], batch["targets"],
+                            train=False)["params"]
+        states[dtype] = TrainState.create(apply_fn=model.apply, params=params,
+                                          tx=optax.adam(1e-2), rng=jax.random.PRNGKey(1))
+    reference = jax.jit(steps.eval_step)(states["float32"], batch)  # forward only: cheap
+    new_state, m = jax.jit(steps.train_step)(states["bfloat16"], batch)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+    assert m["loss"][0].dtype == jnp.float32
+    loss_bf16 = float(m["loss"][0] / m["loss"][1])
+    loss_f32 = float(reference["loss"][0] / reference["loss"][1])
+    assert np.isfinite(loss_bf16) and loss_bf16 != loss_f32  # bf16 really was used
+    np.testing.assert_allclose(loss_bf16, loss_f32, rtol=2e-2)

@@ -134,7 +134,7 @@ def prepare_workdir(workdir: str) -> Path:
     path = Path(workdir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{os.getpid()}"  # Unique: hosts may share the workdir.
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
