@@ -244,9 +244,7 @@ def check_shapes(saved: Mapping[str, tuple[int, ...]], target: Mapping[str, tupl
 def read_state_metadata(step_dir: Path) -> dict[str, Any]:
     """The saved `TrainState` items' metadata tree (shapes, dtypes) of a step directory."""
     try:
-        metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
-        tree = metadata.item_metadata
-        tree = getattr(tree, "tree", tree)
+        tree = ocp.PyTreeCheckpointHandler().metadata(step_dir / STATE_ITEM).tree
     except Exception as e:  # Orbax raises many types for unreadable metadata; re-raise as ours.
         raise CheckpointError(f"corrupt checkpoint {step_dir}: cannot read its metadata "
                               f"({type(e).__name__}: {e})") from e
