@@ -302,8 +302,9 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                 pending, tick = [], time.perf_counter()
             eval_metrics = None
             if _is_due(step, c.eval_every_steps, c.num_train_steps):
+                started = time.perf_counter()
                 eval_metrics = _run_eval(exp, state, step, writer)
-                tick = time.perf_counter()  # Evaluation time is not training throughput.
+                tick += time.perf_counter() - started  # Evaluation is not training throughput.
             if preemption.requested():
                 _save(ckpt, exp, step, state, eval_metrics, force=True)
                 return state, step, True
