@@ -61,6 +61,13 @@ def _np_encoder(cell_type, params, x, lengths, hidden, layers):
     return out
 
 
+def _random_variables(module, *args, seed=0):
+    """Random parameters of `module`'s shapes (NumPy RNG), without compiling `init`."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(0.5 * rng.normal(size=x.shape), x.dtype), shapes)
+
+
 def test_reverse_padded_matches_python():
     x = np.arange(2 * 5).reshape(2, 5)
     got = np.asarray(reverse_padded(jnp.asarray(x), jnp.array([3, 5])))
@@ -76,7 +83,7 @@ def test_padded_bidirectional_encoder_equals_each_sequence_unpadded(cell_type):
     enc = RNNEncoder(cell_type, hidden, layers, bidirectional=True)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 5))
     lengths = np.array([7, 4, 1])
-    variables = enc.init(jax.random.PRNGKey(1), x, jnp.asarray(lengths))
+    variables = _random_variables(enc, x, jnp.asarray(lengths))
     out, finals = jax.jit(enc.apply)(variables, x, jnp.asarray(lengths))
     params = jax.tree.map(np.asarray, variables["params"])
     want = _np_encoder(cell_type, params, np.asarray(x, np.float64), lengths, hidden, layers)
@@ -90,13 +97,19 @@ def test_padded_bidirectional_encoder_equals_each_sequence_unpadded(cell_type):
 
 def test_cell_parameter_layout_matches_torch_convention():
     cell = RecurrentCell("gru", 4)
-    variables = cell.init(
-        jax.random.PRNGKey(0), cell.zero_carry(1), jnp.zeros((1, 12)), method=cell.__call__
+    variables = jax.eval_shape(
+        cell.init, jax.random.PRNGKey(0), jnp.zeros((1, 4)), jnp.zeros((1, 12))
     )
     shapes = jax.tree.map(jnp.shape, variables["params"])
     assert shapes == {"hidden": {"bias": (12,), "kernel": (4, 12)}}
+    shapes = jax.eval_shape(
+        lambda: cell.init(jax.random.PRNGKey(0), jnp.zeros((1, 5)), method=cell.project_inputs)
+    )
+    want = {"input": {"bias": (12,), "kernel": (5, 12)}}
+    assert jax.tree.map(jnp.shape, shapes["params"]) == want
     with pytest.raises(ValueError, match="cell_type='rnn'"):
-        RecurrentCell("rnn", 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), jnp.zeros((1, 12)))
+        jax.eval_shape(RecurrentCell("rnn", 4).init, jax.random.PRNGKey(0), jnp.zeros((1, 4)),
+                       jnp.zeros((1, 12)))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
@@ -107,8 +120,8 @@ def test_encoder_matches_torch_gru_with_packed_sequences():
     enc = RNNEncoder("gru", hidden, 1, bidirectional=True)
     x = np.random.default_rng(0).normal(size=(3, 6, emb)).astype(np.float32)
     lengths = np.array([6, 2, 4])
-    variables = enc.init(jax.random.PRNGKey(2), jnp.asarray(x), jnp.asarray(lengths))
-    out, _ = enc.apply(variables, jnp.asarray(x), jnp.asarray(lengths))
+    variables = jax.jit(enc.init)(jax.random.PRNGKey(2), jnp.asarray(x), jnp.asarray(lengths))
+    out, _ = jax.jit(enc.apply)(variables, jnp.asarray(x), jnp.asarray(lengths))
     gru = torch.nn.GRU(emb, hidden, batch_first=True, bidirectional=True)
     p = variables["params"]
     with torch.no_grad():

@@ -50,8 +50,8 @@ def test_self_attention_matches_numpy_with_packed_causal_mask():
     mask = masks.segment_mask(seg, seg) & masks.causal_mask(6)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 8))
     attn = SelfAttention(num_heads=2)
-    variables = attn.init(jax.random.PRNGKey(1), x, mask)
-    out, cache = attn.apply(variables, x, mask)
+    variables = jax.jit(attn.init)(jax.random.PRNGKey(1), x, mask)
+    out, cache = jax.jit(attn.apply)(variables, x, mask)
     assert cache is None
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
     want = _np_self_attention(p, np.asarray(x, np.float64), np.asarray(mask), 2)
@@ -63,13 +63,14 @@ def test_cached_steps_equal_causal_parallel_attention():
     x = jax.random.normal(jax.random.PRNGKey(0), (n, t, d))
     attn = SelfAttention(num_heads=heads)
     causal = jnp.broadcast_to(masks.causal_mask(t), (n, t, t))
-    variables = attn.init(jax.random.PRNGKey(1), x, causal)
-    full, _ = attn.apply(variables, x, causal)
+    variables = jax.jit(attn.init)(jax.random.PRNGKey(1), x, causal)
+    full, _ = jax.jit(attn.apply)(variables, x, causal)
     zeros = jnp.zeros((n, 7, heads, d // heads))
     cache = {"key": zeros, "value": zeros}
+    step = jax.jit(lambda v, x_t, c, i: attn.apply(v, x_t, None, cache=c, index=i))
     for i in range(t):
         index = jnp.full((n,), i, jnp.int32)
-        y, cache = attn.apply(variables, x[:, i : i + 1], None, cache=cache, index=index)
+        y, cache = step(variables, x[:, i : i + 1], cache, index)
         np.testing.assert_allclose(np.asarray(y[:, 0]), np.asarray(full[:, i]), atol=1e-5)
     with pytest.raises(AssertionError):  # a cached step takes one position only
-        attn.apply(variables, x[:, :2], None, cache=cache, index=jnp.zeros((n,), jnp.int32))
+        jax.eval_shape(step, variables, x[:, :2], cache, jnp.zeros((n,), jnp.int32))
