@@ -197,6 +197,11 @@ def test_chex_asserts_fire_on_wrong_shapes_at_the_boundary():
     encoded = jnp.zeros((3, 5, 16))  # wrong source length for INPUTS
     with pytest.raises(AssertionError):
         apply(variables, encoded, INPUTS, TARGETS, method=model.decode)
+    learned, learned_variables, _ = _init(_config(**VARIANTS["dot_1head_learned_tied_shared"]))
+    with pytest.raises(ValueError, match="max_len=16"):
+        jax.eval_shape(functools.partial(learned.apply, max_decode_length=17,
+                                         method=learned.init_decode_cache),
+                       learned_variables, jnp.zeros((3, 6, 16)), INPUTS)
 
 
 def test_usable_from_nnx_through_the_bridge():

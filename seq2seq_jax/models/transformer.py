@@ -206,7 +206,8 @@ class Transformer(nn.Module):
           encoded: `encode(inputs)` [N, S, D] (one example per row, not packed).
           inputs: int [N, S] source ids (for the padding mask).
           inputs_segmentation: optional int [N, S] (padding mask only).
-          max_decode_length: L, the number of steps the cache holds (default `config.max_len`).
+          max_decode_length: L, the number of steps the cache holds (default `config.max_len`;
+            at most `config.max_len` with learned positions).
 
         Returns:
           {'index': int32 [N], 'encoded': [N, S, D], 'mask': bool [N, S], 'layers': per layer
@@ -215,6 +216,11 @@ class Transformer(nn.Module):
         cfg = self.config
         model_inputs.check_ids("inputs", inputs, inputs_segmentation)
         length = max_decode_length or cfg.max_len
+        if cfg.position_embedding == "learned" and length > cfg.max_len:
+            raise ValueError(
+                f"max_decode_length={length} exceeds model.max_len={cfg.max_len}, the size of "
+                "the learned position table"
+            )
         n = inputs.shape[0]
         head_dim = cfg.emb_dim // cfg.num_heads
         zeros = jnp.zeros((n, length, cfg.num_heads, head_dim), cfg.compute_dtype)
