@@ -73,6 +73,7 @@ def cli_run(workdir, tmp_path_factory) -> dict:
             "metrics": json.loads((out / "metrics.json").read_text())}
 
 
+@pytest.mark.slow
 def test_one_output_line_per_input_line_in_order(cli_run, workdir):
     outputs = cli_run["outputs"]
     assert cli_run["proc"].stdout.endswith("\n")
@@ -90,6 +91,7 @@ def test_one_output_line_per_input_line_in_order(cli_run, workdir):
         assert alone.text == output, line
 
 
+@pytest.mark.slow
 def test_overlength_line_is_truncated_with_a_warning_naming_it(cli_run):
     stderr = cli_run["proc"].stderr
     assert "truncated" in stderr and "line 5" in stderr and "40 tokens" in stderr
@@ -99,6 +101,7 @@ def test_overlength_line_is_truncated_with_a_warning_naming_it(cli_run):
     assert "".join(record.source_tokens[:-1]) == LONG[:39]
 
 
+@pytest.mark.slow
 def test_reference_reports_sacrebleu_and_chrf_with_signatures(cli_run):
     outputs, metrics, stderr = cli_run["outputs"], cli_run["metrics"], cli_run["proc"].stderr
     assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(outputs, [REFS]).score)
@@ -112,6 +115,7 @@ def test_reference_reports_sacrebleu_and_chrf_with_signatures(cli_run):
     assert metrics["sentences"] == len(LINES) - 1 and metrics["sentences_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_plots_and_alignments(cli_run):
     pngs = sorted(p.name for p in (cli_run["dir"] / "png").iterdir())
     assert pngs == ["alignment_00000.png", "alignment_00002.png", "alignment_00003.png"]
@@ -142,6 +146,7 @@ def test_missing_workdir_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_checkpoints_raise_naming_the_path(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="step 7"):
         restore_from_workdir(workdir, step=7)
@@ -160,6 +165,7 @@ def test_missing_and_corrupt_checkpoints_raise_naming_the_path(workdir, tmp_path
         restore_from_workdir(copy)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_chosen_by_the_runs_metric(workdir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
@@ -176,3 +182,18 @@ def test_best_checkpoint_is_chosen_by_the_runs_metric(workdir, tmp_path):
         best_step(copy, "bleu", "max")
     with pytest.raises(ValueError, match="either"):
         restore_from_workdir(copy, checkpoint="best", step=2)
+
+
+@pytest.mark.slow
+def test_empty_input_gives_empty_output_and_no_scores(workdir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    summary = run_lib.run_decode(run_lib.DecodeOptions(
+        workdir=str(workdir), input=str(empty), reference=str(empty),
+        output=str(tmp_path / "out.txt")))
+    assert (tmp_path / "out.txt").read_text() == ""
+    assert summary["sentences"] == 0 and "bleu" not in summary
+    with pytest.raises(ValueError, match="has 1 lines but the input has 0"):
+        (tmp_path / "ref.txt").write_text("x\n")
+        run_lib.run_decode(run_lib.DecodeOptions(workdir=str(workdir), input=str(empty),
+                                                 reference=str(tmp_path / "ref.txt")))

@@ -180,3 +180,12 @@ def test_zero_temperature_sampling_is_greedy(random_model):
     greedy = _translator(random_model, 4).translate(params, SOURCES)
     cold = _translator(random_model, 4, sample=True, temperature=0.0).translate(params, SOURCES)
     assert [t.output_ids.tolist() for t in cold] == [t.output_ids.tolist() for t in greedy]
+
+
+def test_blank_inputs_are_not_decoded(random_model):
+    _, params, _ = random_model
+    translator = _translator(random_model, 4)
+    assert translator.translate(params, []) == []
+    out = translator.translate(params, ["", "   "])
+    assert [(t.text, t.output_ids.size) for t in out] == [("", 0), ("", 0)]
+    assert translator.stats.sentences == 0 and translator.stats.batches == 0

@@ -248,9 +248,11 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
     hypotheses = [t.text for t in translations]
     write_lines(options.output, hypotheses)
     summary = _report(translator.stats, search, restored)
-    if references is not None:
+    if references is not None and sources:
         summary.update(score(hypotheses, references))
         _print_scores(summary)
+    elif references is not None:
+        log.warning("the input is empty: no BLEU/chrF to report")
     if plotted:
         plot_alignments(translations, restored, options.plot_attention, plotted, sources)
     if options.alignments:
