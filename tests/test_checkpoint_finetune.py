@@ -168,3 +168,47 @@ def test_missing_incomplete_and_corrupt_checkpoints_name_the_path(tmp_path):
     (step_dir / "state" / "_METADATA").write_text("{not json")
     with pytest.raises(CheckpointError, match=f"corrupt checkpoint {step_dir}"):
         restore_params(step_dir, init_params())
+
+
+def _finetune_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("configs_finetune", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant", [None, "tiny"])
+def test_finetune_config_validates_and_documents_its_commands(variant):
+    from seq2seq_jax.training import experiment
+
+    module = _finetune_module()
+    doc = module.__doc__
+    assert "--config=configs/default.py" in doc and "--config=configs/finetune.py" in doc
+    assert "Expected" in doc and "init_checkpoint" in doc
+    config = module.get_config(variant)
+    experiment.validate_config(config)
+    default = _finetune_module()._default_config(variant)
+    assert config.model.to_dict() == default.model.to_dict()  # the pre-trained architecture
+    assert config.data.tokenizer == default.data.tokenizer
+    assert config.batch_size % 8 == 0
+    # The vocabulary follows --config.init_checkpoint (a locked config, as the CLI builds it).
+    config.lock()
+    config.init_checkpoint = "/runs/pretrained"
+    assert config.data.tokenizer_dir == "/runs/pretrained/tokenizer"
+    # The freeze regex names the target side of the RNNsearch: its embedding and output layer.
+    from seq2seq_jax import models
+    from seq2seq_jax.training import trainer
+
+    model = models.build_model(models.ModelConfig.from_config(
+        config.model, source_vocab_size=30, target_vocab_size=20, bos_id=1, eos_id=2))
+    batch = trainer.dummy_batch(4, 4)
+    params = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False))["params"]
+    assert optim.frozen_paths(params, config.optimizer.freeze) == [
+        "output/bias", "output/kernel", "target_embed/embedding"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        module.get_config("huge")

@@ -1,7 +1,8 @@
-"""Exact resume of `python -m seq2seq_jax.train` after SIGTERM and SIGKILL (also mid-save).
+"""Checkpoints through `python -m seq2seq_jax.train`: exact resume after SIGTERM and SIGKILL
+(also mid-save), and fine-tuning with `configs/finetune.py`.
 
-One uninterrupted run of N steps is the reference. A second run is interrupted three times and
-resumed each time in a fresh process:
+One uninterrupted run of N steps (configs/default.py:tiny) is the reference. A second run is
+interrupted three times and resumed each time in a fresh process:
 
 1. SIGTERM during step 4 -> the loop finishes step 5, saves it (not a multiple of the checkpoint
    interval) and exits with code 0;
@@ -17,6 +18,10 @@ the same inputs is deterministic, so any difference is a resume bug, not float n
 The signals are real (os.kill on the training process); only their timing is pinned by running
 the CLI through this file's `__main__`, which wraps `Checkpointer.should_save`/`save` to send
 them at the chosen steps.
+
+The reference run is then the pre-trained model of `configs/finetune.py:tiny`: parameters come
+from it, the optimizer starts afresh, frozen paths stay equal to it, a re-run resumes the
+fine-tune's own checkpoints, and a missing `init_checkpoint` is a one-line error.
 """
 
 from __future__ import annotations
@@ -42,15 +47,33 @@ TRAIN_FLAGS = (
 )
 
 
-def run_train(workdir: Path, cache: Path, *faults: str) -> subprocess.CompletedProcess:
+def run_train(workdir: Path, cache: Path, *args: str, flags=TRAIN_FLAGS):
+    """Runs the CLI through this file's `__main__`; `args`: faults, then `--`, then flags."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, __file__, *faults, "--", *TRAIN_FLAGS,
+    faults = [a for a in args if a.startswith("--sig")]
+    extra = [a for a in args if not a.startswith("--sig")]
+    return subprocess.run([sys.executable, __file__, *faults, "--", *flags, *extra,
                            f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A JAX compilation cache shared by the runs (the same programs compile once)."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache) -> Path:
+    """The uninterrupted run's workdir."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_train(workdir, cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
 
 
 def losses(workdir: Path) -> dict[int, float]:
@@ -60,11 +83,15 @@ def losses(workdir: Path) -> dict[int, float]:
     return dict(train)
 
 
-def final_state(workdir: Path) -> dict:
+def saved_state(workdir: Path, step: int = STEPS) -> dict:
     import orbax.checkpoint as ocp
 
-    step_dir = workdir / "checkpoints" / str(STEPS)
-    state = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+    step_dir = workdir / "checkpoints" / str(step)
+    metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
+    as_numpy = __import__("jax").tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                          metadata)
+    state = ocp.PyTreeCheckpointer().restore(
+        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
     return {"state": state, "data": data}
 
@@ -76,12 +103,9 @@ def committed(workdir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path):
-    cache = tmp_path / "jax_cache"
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    proc = run_train(reference, cache)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
+def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path, cache,
+                                                                    reference):
+    resumed = tmp_path / "resumed"
     proc = run_train(resumed, cache, "--sigterm-during=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert committed(resumed) == [2, 4, 5]
@@ -102,7 +126,7 @@ def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path):
     expected = losses(reference)
     assert sorted(expected) == list(range(1, STEPS + 1))
     assert losses(resumed) == expected
-    want, got = final_state(reference), final_state(resumed)
+    want, got = saved_state(reference), saved_state(resumed)
     assert got["data"] == want["data"]
     import jax
 
@@ -111,8 +135,64 @@ def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+FINETUNE_FLAGS = (
+    "--config=configs/finetune.py:tiny", "--config.progress_bar=False",
+    "--config.eval_every_steps=0", "--config.eval.task_metric=none", "--config.eval.final_split=",
+    "--config.eval.max_batches=1", "--config.checkpoint_every_steps=3",
+)
+
+
+def _flat(tree, prefix: str) -> dict:
+    from seq2seq_jax.training.checkpoint import path_str
+
+    return {path_str(p): np.asarray(x)
+            for p, x in __import__("jax").tree_util.tree_flatten_with_path(tree[prefix])[0]}
+
+
+@pytest.mark.slow
+def test_finetune_restores_params_only_freezes_and_resumes_its_own_run(tmp_path, cache,
+                                                                        reference):
+    workdir = tmp_path / "finetune"
+    init = f"--config.init_checkpoint={reference}"
+    proc = run_train(workdir, cache, init, "--config.num_train_steps=3", flags=FINETUNE_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Initialising parameters from {reference}" in proc.stderr
+    pre, tuned = saved_state(reference)["state"], saved_state(workdir, 3)["state"]
+    pre_params, tuned_params = _flat(pre, "params"), _flat(tuned, "params")
+    assert pre_params.keys() == tuned_params.keys()
+    for path, value in tuned_params.items():
+        frozen = path.startswith(("target_embed/", "output/"))
+        assert np.array_equal(value, pre_params[path]) == frozen, path
+    # Fresh optimizer: 3 updates counted, not the pre-training's 10 + 3.
+    counts = {k: int(v) for k, v in _flat(tuned, "opt_state").items() if k.endswith("/count")}
+    assert counts and set(counts.values()) == {3}
+    assert int(tuned["step"]) == 3
+    assert (workdir / "tokenizer").is_dir()  # the pre-trained vocabulary, copied
+
+    # The same command again (longer): the fine-tune's own checkpoint takes precedence.
+    proc = run_train(workdir, cache, init, "--config.num_train_steps=6", flags=FINETUNE_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stderr and "Initialising parameters" not in proc.stderr
+    assert sorted(losses(workdir)) == list(range(1, 7))
+    final = _flat(saved_state(workdir, 6)["state"], "params")
+    for path in ("target_embed/embedding", "output/kernel", "output/bias"):
+        np.testing.assert_array_equal(final[path], pre_params[path])
+
+
+@pytest.mark.slow
+def test_missing_init_checkpoint_is_a_one_line_error(tmp_path, cache, reference):
+    missing = tmp_path / "no_such_run"
+    proc = run_train(tmp_path / "finetune", cache, f"--config.init_checkpoint={missing}",
+                     f"--config.data.tokenizer_dir={reference}/tokenizer", flags=FINETUNE_FLAGS)
+    assert proc.returncode == 1
+    last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+    assert last.startswith("seq2seq_jax.train: error:") and str(missing) in last
+    assert not (tmp_path / "finetune" / "checkpoints").exists() or not any(
+        (tmp_path / "finetune" / "checkpoints").iterdir())
+
+
 # ------------------------------------------------------------------------------------------------
-# Worker: `python tests/test_checkpoint_resume.py [faults] -- <seq2seq_jax.train flags>`.
+# Worker: `python tests/test_checkpoint_cli.py [faults] -- <seq2seq_jax.train flags>`.
 
 
 def _install_faults(args: list[str]) -> None:
