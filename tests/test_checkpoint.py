@@ -236,3 +236,23 @@ def test_resolve_checkpoint_forms(tmp_path):
     assert (one.step, one.workdir) == (1, tmp_path.absolute())
     with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 5"):
         resolve_checkpoint(tmp_path, step=5)
+
+
+def test_data_state_saved_by_another_process_count(tmp_path, caplog):
+    state, it = make_state(), make_iterator()
+    with Checkpointer(tmp_path, save_every_steps=1) as ckpt:
+        next(it)
+        ckpt.save(1, state, it)
+    expected = next(it)
+    # As if two processes had saved (each file holds that process's position; here equal).
+    data_dir = tmp_path / CHECKPOINT_DIRNAME / "1" / "data"
+    saved = data_dir / "process_0-of-1.json"
+    for name in ("process_0-of-2.json", "process_1-of-2.json"):
+        shutil.copy(saved, data_dir / name)
+    saved.unlink()
+    fresh = make_iterator()
+    with Checkpointer(tmp_path, save_every_steps=1) as ckpt:
+        restored = ckpt.restore(make_state(seed=3), data_iterator=fresh)
+    assert leaves_equal(restored.params, state.params)
+    np.testing.assert_array_equal(next(fresh), expected)
+    assert "saved by another number of processes" in caplog.text

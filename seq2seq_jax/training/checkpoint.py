@@ -6,7 +6,7 @@ the data module; this module only knows where they live):
 ```
 WORKDIR/
   config.json                  resolved experiment config          (CONFIG_FILENAME)
-  tokenizer/                   SentencePiece model(s)              (TOKENIZER_DIRNAME)
+  tokenizer/                   the tokenizer(s) of the data module  (TOKENIZER_DIRNAME)
   checkpoints/                 Orbax CheckpointManager root        (CHECKPOINT_DIRNAME)
     <step>/state/              TrainState.checkpoint_items(): step, params, opt_state, rng
     <step>/data/               Grain iterator state, one JSON file per process
@@ -25,6 +25,7 @@ resumed from nor block a new save of that step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -465,17 +466,55 @@ class Checkpointer:
         check_shapes(shapes_by_path(saved["params"]), shapes_by_path(target.params),
                      location.step_dir)
         items = {STATE_ITEM: ocp.args.StandardRestore(abstract_tree(target.checkpoint_items()))}
-        if data_iterator is not None:
-            if not (location.step_dir / DATA_ITEM).is_dir():
-                raise CheckpointError(f"{location.step_dir} holds no data-iterator state; "
-                                      "it cannot resume the data stream")
+        data_file = None if data_iterator is None else data_state_file(location.step_dir)
+        if data_file == _this_process_data_file(location.step_dir):
             items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = self._manager.restore(location.step, args=ocp.args.Composite(**items))
         except Exception as e:  # Orbax/TensorStore raise many types; name the directory.
             raise CheckpointError(f"cannot restore {location.step_dir}: "
                                   f"{type(e).__name__}: {e}") from e
+        if data_file is not None and DATA_ITEM not in items:
+            _set_state_from_other_process_count(data_iterator, data_file)
         return target.replace(**restored[STATE_ITEM])
+
+
+# ------------------------------------------------------------------------------------------------
+# Data-iterator state: one JSON file per process (`process_<i>-of-<n>.json`, Grain's handler).
+
+
+def _this_process_data_file(step_dir: Path) -> Path:
+    index, count = jax.process_index(), jax.process_count()
+    return step_dir / DATA_ITEM / f"process_{index}-of-{count}.json"
+
+
+def data_state_file(step_dir: Path) -> Path:
+    """This process's data-iterator state file, or the nearest one of a run with another
+    process count (process `index % n` of the `n` that saved).
+
+    Raises:
+      CheckpointError: the step holds no data-iterator state.
+    """
+    exact = _this_process_data_file(step_dir)
+    if exact.is_file():
+        return exact
+    saved = sorted((step_dir / DATA_ITEM).glob("process_*-of-*.json"))
+    if not saved:
+        raise CheckpointError(f"{step_dir} holds no data-iterator state; it cannot resume the "
+                              "data stream")
+    count = int(saved[0].stem.rsplit("-of-", 1)[1])
+    return step_dir / DATA_ITEM / f"process_{jax.process_index() % count}-of-{count}.json"
+
+
+def _set_state_from_other_process_count(iterator: Any, state_file: Path) -> None:
+    """Sets a `grain.DatasetIterator` from a state saved by another number of processes."""
+    if not isinstance(iterator, grain.DatasetIterator):
+        raise CheckpointError(f"{state_file.parent} was saved by another number of processes; "
+                              f"{type(iterator).__name__} state cannot be carried over")
+    log.warning("Data state saved by another number of processes: process %d of %d restores "
+                "%s (the pipeline decides how exactly it resumes)", jax.process_index(),
+                jax.process_count(), state_file)
+    iterator.set_state(json.loads(state_file.read_text()))
 
 
 # ------------------------------------------------------------------------------------------------
