@@ -316,11 +316,13 @@ class BatchTranslator:
         for i in truncated:
             results[i].truncated = True
         bar = _progress_bar(self.stats.sentences, progress and len(batches) > 1)
-        start = time.perf_counter()
-        for batch in batches:
-            outputs = self._run_batch(params, batch, source_ids, rows)
-            self._collect(batch, outputs, results, attention_for)
-            bar.update(len(batch.indices))
+        start, pending = time.perf_counter(), None
+        for batch in [*batches, None]:  # Dispatch batch k+1 before reading batch k's results.
+            outputs = None if batch is None else self._dispatch(params, batch, source_ids, rows)
+            if pending is not None:
+                self._collect(pending[0], jax.device_get(pending[1]), results, attention_for)
+                bar.update(len(pending[0].indices))
+            pending = None if batch is None else (batch, outputs)
         self.stats.decode_seconds = time.perf_counter() - start
         bar.close()
         return results
@@ -342,11 +344,11 @@ class BatchTranslator:
             return inputs, limits, sentence_keys(self.search.seed, index)
         return inputs, limits, np.zeros((rows, 2), np.uint32)
 
-    def _run_batch(self, params: PyTree, batch: Batch, source_ids: Sequence[np.ndarray],
-                   rows: int) -> tuple[np.ndarray, ...]:
+    def _dispatch(self, params: PyTree, batch: Batch, source_ids: Sequence[np.ndarray],
+                  rows: int) -> tuple[jax.Array, ...]:
+        """Starts decoding a batch (asynchronously); returns its device outputs."""
         inputs, limits, keys = self._inputs(batch, source_ids, rows)
-        outputs = self._search_fn(params, inputs, limits, keys, np.float32(self.search.alpha))
-        return jax.device_get(outputs)
+        return self._search_fn(params, inputs, limits, keys, np.float32(self.search.alpha))
 
     def _compile(self, params: PyTree, rows: int, widths: Sequence[int]) -> None:
         """Compiles (and runs once on a one-token input) the programs not compiled yet."""
