@@ -4,8 +4,10 @@ Command (CPU, no network, no downloaded data):
 
     python -m seq2seq_jax.train --config=configs/default.py --workdir=/tmp/dates
 
-Expected: about TIME on a 2-core CPU; test exact match >= 99% (measured: SCORE), logged as
-`test_exact_match` in WORKDIR/metrics.jsonl.
+Expected: 2-5 minutes on a 2-core CPU; test exact match >= 99%, logged as `test_exact_match` in
+WORKDIR/metrics.jsonl. Measured: 100.0% test exact match (1000/1000; validation 100% already at
+step 500), 4 min 56 s wall for the 1000 steps + evaluations on a shared 2-core machine under a load
+average of ~10 (2 min 8 s of CPU time).
 
 Variant `configs/default.py:tiny`: a seconds-long smoke run (tiny model, 2000 examples, 20 steps,
 global batch 16, divisible by 8 devices).
