@@ -15,8 +15,12 @@ Commands (CPU, no network):
 `init_checkpoint` must be a workdir here (its `tokenizer/` is used). Re-running the second
 command after an interruption resumes the fine-tune from /tmp/dates_it's own checkpoints.
 
-Expected: fine-tuning takes about TIME on a 2-core CPU; Italian test exact match SCORE
-(logged as `test_exact_match`), against ZEROSHOT for the pre-trained model before fine-tuning.
+Expected (measured on the shared 2-core CPU, 2026-11): the pre-training takes ~6 min (87 s of
+CPU time; test exact match 100% on en/fr/de/es); the pre-trained model scores 87.3% on the
+Italian test split before fine-tuning (numeric formats are shared, Italian names are new); the
+fine-tune takes ~2.5 min (43 s of CPU time) and reaches 100% Italian test exact match
+(`test_exact_match` in WORKDIR/metrics.jsonl; validation already 100% at step 100), against
+84.3% for configs/default.py trained from scratch on Italian for the same 300 steps.
 
 Variant `configs/finetune.py:tiny`: fine-tunes a `configs/default.py:tiny` run for a few steps
 (seconds; for tests).
