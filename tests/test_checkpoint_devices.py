@@ -23,8 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_legs(tmp_path: Path, devices: int, *legs: tuple[int, str | None, str | None]) -> list:
-    """Runs `(fsdp, restore_from, save_to)` legs in one process with `devices` CPU devices."""
+def run_legs(tmp_path: Path, devices: int, *legs: tuple) -> list:
+    """Runs legs in one process with `devices` CPU devices: `(fsdp, restore_from, save_to)`
+    moves a TrainState, `("extend", fsdp, restore_from)` restores params with a larger
+    target vocabulary (`extend_vocab`)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     args = [sys.executable, __file__, str(tmp_path), json.dumps(legs)]
@@ -38,7 +40,9 @@ def run_legs(tmp_path: Path, devices: int, *legs: tuple[int, str | None, str | N
 @pytest.mark.slow
 def test_save_on_1_restore_on_8_fsdp_and_back(tmp_path):
     (one,) = run_legs(tmp_path, 1, (1, None, "one"))
-    eight, dp = run_legs(tmp_path, 8, (4, "one", "eight"), (1, "eight", None))
+    eight, dp, extended = run_legs(tmp_path, 8, (4, "one", "eight"), (1, "eight", None),
+                                   ("extend", 4, "one"))
+    assert extended["grown_sharded"]
     assert eight["sharded_leaves"] > 0  # fsdp really shards the restored state
     # The first step after a restore computes the loss the saver computed for that step.
     assert eight["restored_loss"] == pytest.approx(one["next_loss"], rel=1e-5)
@@ -53,31 +57,34 @@ def test_save_on_1_restore_on_8_fsdp_and_back(tmp_path):
 # Worker: `python tests/test_checkpoint_devices.py TMP '[[FSDP, RESTORE_FROM, SAVE_TO], ...]'`.
 
 
-def _tiny_model():
+def _tiny_model(target_vocab: int):
     import flax.linen as nn
 
     class TinySeq2Seq(nn.Module):
         """The seq2seq call signature with a few small layers (fast to compile)."""
 
+        target_vocab: int = 16
+
         @nn.compact
         def __call__(self, inputs, targets, inputs_segmentation=None, targets_segmentation=None,
                      inputs_position=None, targets_position=None, train=False):
             source = nn.Embed(24, 16)(inputs).mean(axis=1, keepdims=True)  # [B, 1, 16]
-            hidden = nn.tanh(nn.Dense(32)(nn.Embed(16, 16)(targets) + source))  # [B, T, 32]
+            embedded = nn.Embed(self.target_vocab, 16)(targets)  # [B, T, 16]
+            hidden = nn.tanh(nn.Dense(32)(embedded + source))  # [B, T, 32]
             hidden = nn.Dropout(0.1, deterministic=not train)(hidden)
-            return nn.Dense(16)(hidden)  # [B, T, V]
+            return nn.Dense(self.target_vocab)(hidden)  # [B, T, V]
 
-    return TinySeq2Seq()
+    return TinySeq2Seq(target_vocab)
 
 
-def _build(fsdp: int, seed: int):
+def _build(fsdp: int, seed: int, target_vocab: int = 16):
     import numpy as np
 
     from seq2seq_jax.training import optim, parallel, trainer
 
     tx, _ = optim.make_optimizer(optim.default_optimizer_config(), 10)
     state, placement = trainer.init_train_state(
-        _tiny_model(), tx, seed=seed, mesh=parallel.make_mesh(fsdp), fsdp_min_size=0)
+        _tiny_model(target_vocab), tx, seed=seed, mesh=parallel.make_mesh(fsdp), fsdp_min_size=0)
     train_step, _ = trainer.make_step_fns(placement)
     rng = np.random.default_rng(0)
     batch = trainer.dummy_batch(6, 5, rows=8)
@@ -125,6 +132,33 @@ def _leg(tmp: Path, fsdp: int, restore_from: str | None, save_to: str | None) ->
     return report
 
 
+def _extend_leg(tmp: Path, fsdp: int, restore_from: str) -> dict:
+    """Restores params saved with target vocabulary 16 into a sharded model with 24."""
+    import jax
+    import numpy as np
+
+    from seq2seq_jax.training.checkpoint import restore_params
+
+    state, placement, _, _ = _build(fsdp, seed=2, target_vocab=24)
+    params = restore_params(tmp / restore_from, state.params, extend_vocab=True)
+    reference = np.load(tmp / f"{restore_from}.npz")
+    grown = {"Embed_1/embedding": 0, "Dense_1/kernel": 1, "Dense_1/bias": 0}
+    for path, axis in grown.items():
+        first, second = path.split("/")
+        got, fresh = params[first][second], state.params[first][second]
+        old = np.take(np.asarray(got), range(16), axis=axis)
+        np.testing.assert_array_equal(old, reference[f"params/{path}"])
+        np.testing.assert_array_equal(np.take(np.asarray(got), range(16, 24), axis=axis),
+                                      np.take(np.asarray(fresh), range(16, 24), axis=axis))
+        assert got.sharding.is_equivalent_to(fresh.sharding, got.ndim), path
+    unchanged = np.asarray(params["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(unchanged, reference["params/Dense_0/kernel"])
+    return {"devices": jax.device_count(), "grown_sharded": any(
+        not params[p.split("/")[0]][p.split("/")[1]].sharding.is_fully_replicated
+        for p in grown)}
+
+
 if __name__ == "__main__":
     tmp_dir, plan = Path(sys.argv[1]), json.loads(sys.argv[2])
-    print(json.dumps([_leg(tmp_dir, *leg) for leg in plan]))
+    print(json.dumps([_extend_leg(tmp_dir, *leg[1:]) if leg[0] == "extend" else _leg(tmp_dir, *leg)
+                      for leg in plan]))

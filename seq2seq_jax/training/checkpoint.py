@@ -595,14 +595,28 @@ def restore_params(path: os.PathLike | str, target_params: PyTree, *,
     growth = vocab_growth(saved, target, vocab_sizes) if extend_vocab else {}
     check_shapes({k: target[k] if k in growth else v for k, v in saved.items()}, target,
                  location.step_dir)
+    abstract_leaves = [path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(
+        target_params)[0] if path_str(p) in growth and not isinstance(x, jax.Array)]
+    if abstract_leaves:
+        raise ValueError(f"extend_vocab needs initialised target parameters (the new rows come "
+                         f"from them); abstract: {abstract_leaves}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree(target_params))
-    abstract = [jax.ShapeDtypeStruct(saved[path_str(p)], x.dtype, sharding=_replicated_sharding())
+    abstract = [jax.ShapeDtypeStruct(saved[path_str(p)], x.dtype, sharding=_replicated_like(x))
                 if path_str(p) in growth else x for p, x in flat]
     restored = _restore_params_tree(location.step_dir,
                                     jax.tree_util.tree_unflatten(treedef, abstract))
     if not growth:
         return restored
     return _merge_grown(restored, target_params, growth, location.step_dir)
+
+
+def _replicated_like(x: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
+    """A replicated sharding on the devices (and mesh) of `x`'s sharding."""
+    if isinstance(x.sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+    if len(x.sharding.device_set) == 1:
+        return x.sharding
+    return _replicated_sharding()
 
 
 def _merge_grown(restored: PyTree, fresh: PyTree, growth: Mapping[str, int],
@@ -612,14 +626,12 @@ def _merge_grown(restored: PyTree, fresh: PyTree, growth: Mapping[str, int],
         key = path_str(path)
         if key not in growth:
             return old
-        if not isinstance(new, jax.Array):
-            raise ValueError(f"extend_vocab needs initialised target parameters; {key} is "
-                             f"{type(new).__name__}")
         index = tuple(slice(0, n) if i == growth[key] else slice(None)
                       for i, n in enumerate(old.shape))
-        merged = jax.numpy.asarray(new).at[index].set(jax.numpy.asarray(old, new.dtype))
+        merged = jax.jit(lambda fresh_rows, saved_rows: fresh_rows.at[index].set(saved_rows),
+                         out_shardings=new.sharding)(new, old.astype(new.dtype))
         log.info("extend_vocab: %s %s -> %s (new rows freshly initialised) from %s", key,
                  tuple(old.shape), tuple(new.shape), step_dir)
-        return jax.device_put(merged, new.sharding)
+        return merged
 
     return jax.tree_util.tree_map_with_path(merge, restored, fresh)
