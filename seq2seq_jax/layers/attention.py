@@ -238,7 +238,8 @@ class AdditiveAttention(nn.Module):
             context, weights = _chunked_additive(qp, kp, self._effective_v(), mask4, values,
                                                  self.dtype, chunk)
         else:
-            weights = masked_softmax(_additive_scores(qp, kp, self._effective_v()), mask4)
+            score_fn = _additive_scores_one_step if t == 1 else _additive_scores
+            weights = masked_softmax(score_fn(qp, kp, self._effective_v()), mask4)
             context = _split_heads_context(weights, values, self.num_heads, self.dtype)
         return _finish(context, weights, single_step, self.num_heads)
 
@@ -257,6 +258,12 @@ def _additive_scores(qp: Array, kp: Array, v: Array) -> Array:
     """v . tanh(q + k): qp [B, T, H, d], kp [B, S, H, d], v [H, d] -> float32 [B, H, T, S]."""
     pre = jnp.tanh(qp[:, :, None] + kp[:, None])  # [B, T, S, H, d]
     return jnp.einsum("btshd,hd->bhts", pre.astype(jnp.float32), v)
+
+
+# One decoder step: recompute tanh in the backward pass instead of saving it. Inside an RNN
+# decoder's scan a saved [B, S, A] tanh per step is a [T, B, S, A] residual (134 MiB for the
+# reference model) written and read again; recomputing it from q and k costs one fused pass.
+_additive_scores_one_step = jax.checkpoint(_additive_scores)
 
 
 def _chunked_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
