@@ -6,6 +6,7 @@ references are the in-memory states and batches of an uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 from pathlib import Path
@@ -201,6 +202,7 @@ def test_skips_existing_and_undue_steps(tmp_path):
     assert ckpt.all_steps() == [3, 5]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_restore_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
         resolve_checkpoint(tmp_path / "nope")
@@ -214,11 +216,21 @@ def test_restore_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="holds no data-iterator state"):
         ckpt.restore(make_state(), data_iterator=make_iterator())
     step_dir = tmp_path / "run" / CHECKPOINT_DIRNAME / "1"
-    for chunk in (step_dir / "state").rglob("d/*"):
-        chunk.write_bytes(b"garbage")  # data and metadata corrupted after the commit
-    with pytest.raises(CheckpointError, match=rf"(corrupt checkpoint|cannot restore) {step_dir}"):
+    # Another optimizer than the checkpoint's: its state cannot be restored.
+    sgd = make_state().replace(tx=optax.sgd(0.1, momentum=0.9))
+    sgd = sgd.replace(opt_state=sgd.tx.init(sgd.params))
+    with pytest.raises(CheckpointError, match=f"cannot restore {step_dir}: its optimizer state "
+                                              "does not match the configured optimizer"):
+        ckpt.restore(sgd)
+    chunks = list((step_dir / "state").glob("d/*"))
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(b"garbage")  # the array store corrupted after the commit
+    with pytest.raises(CheckpointError, match=f"corrupt checkpoint {step_dir}"):
         ckpt.restore(make_state())
     ckpt.close()
+    gc.collect()  # TensorStore's failed reads call back into Orbax's closed event loop: keep
+    # that (harmless, logged) noise inside this test, where it is expected.
 
 
 def test_resolve_checkpoint_forms(tmp_path):

@@ -472,11 +472,27 @@ class Checkpointer:
         try:
             restored = self._manager.restore(location.step, args=ocp.args.Composite(**items))
         except Exception as e:  # Orbax/TensorStore raise many types; name the directory.
-            raise CheckpointError(f"cannot restore {location.step_dir}: "
-                                  f"{type(e).__name__}: {e}") from e
+            raise CheckpointError(_restore_failure(location.step_dir, saved["opt_state"],
+                                                   target.opt_state, e)) from e
         if data_file is not None and DATA_ITEM not in items:
             _set_state_from_other_process_count(data_iterator, data_file)
         return target.replace(**restored[STATE_ITEM])
+
+
+def _restore_failure(step_dir: Path, saved_opt_state: PyTree, target_opt_state: PyTree,
+                     error: Exception) -> str:
+    """A short message for a failed restore: the optimizer-state difference if there is one."""
+    saved, target = shapes_by_path(saved_opt_state), shapes_by_path(target_opt_state)
+    differences = sorted(set(saved) ^ set(target))
+    differences += sorted(k for k in set(saved) & set(target) if saved[k] != target[k])
+    if differences:
+        return (f"cannot restore {step_dir}: its optimizer state does not match the configured "
+                f"optimizer ({len(differences)} differing entries, e.g. {differences[:3]}); "
+                "resuming needs the optimizer the run was saved with (to start another optimizer "
+                "from these parameters, fine-tune into a new workdir with init_checkpoint)")
+    detail = " ".join(str(error).split())
+    detail = detail if len(detail) <= 600 else detail[:600] + " ..."
+    return f"cannot restore {step_dir}: {type(error).__name__}: {detail}"
 
 
 # ------------------------------------------------------------------------------------------------
