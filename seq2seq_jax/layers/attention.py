@@ -237,9 +237,11 @@ class AdditiveAttention(nn.Module):
         if chunk:
             context, weights = _chunked_additive(qp, kp, self._effective_v(), mask4, values,
                                                  self.dtype, chunk)
+        elif t == 1:
+            context, weights = _one_step_additive(qp[:, 0], kp, self._effective_v(), mask4,
+                                                  values, self.dtype)
         else:
-            score_fn = _additive_scores_one_step if t == 1 else _additive_scores
-            weights = masked_softmax(score_fn(qp, kp, self._effective_v()), mask4)
+            weights = masked_softmax(_additive_scores(qp, kp, self._effective_v()), mask4)
             context = _split_heads_context(weights, values, self.num_heads, self.dtype)
         return _finish(context, weights, single_step, self.num_heads)
 
@@ -260,10 +262,45 @@ def _additive_scores(qp: Array, kp: Array, v: Array) -> Array:
     return jnp.einsum("btshd,hd->bhts", pre.astype(jnp.float32), v)
 
 
-# One decoder step: recompute tanh in the backward pass instead of saving it. Inside an RNN
-# decoder's scan a saved [B, S, A] tanh per step is a [T, B, S, A] residual (134 MiB for the
-# reference model) written and read again; recomputing it from q and k costs one fused pass.
-_additive_scores_one_step = jax.checkpoint(_additive_scores)
+@jax.checkpoint
+def _one_step_scores(qp: Array, kp: Array, v: Array) -> Array:
+    """v . tanh(q + k) for one query step: qp [B, H, d], kp [B, S, H, d] -> float32 [B, H, S].
+
+    Checkpointed: the backward pass recomputes tanh from q and k instead of saving it. Inside
+    an RNN decoder's scan a saved [B, S, A] tanh per step becomes a stacked [T, B, S, A]
+    residual (134 MiB for the reference RNNsearch), written and read back again.
+    """
+    pre = jnp.tanh(qp[:, None] + kp).astype(jnp.float32)  # [B, S, H, d]
+    if v.shape[0] == 1:  # No unit head axis: XLA then needs no transposed copy of `pre`.
+        return jnp.einsum("bsd,d->bs", pre[:, :, 0], v[0])[:, None]
+    return jnp.einsum("bshd,hd->bhs", pre, v)
+
+
+def _one_step_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
+                       dtype: Dtype) -> tuple[Array, Array]:
+    """Additive attention of one query step (an RNN decoder's step, inside its scan).
+
+    The same result as the general path with T = 1, written without unit T (and, for one
+    head, H) axes: with them XLA copies `values` and the tanh tensor into transposed layouts
+    at every decoder step (~25% of the reference RNNsearch's recurrence time).
+
+    Args:
+      qp: [B, H, d] projected query; kp: [B, S, H, d] projected keys; v: [H, d] scorer.
+      mask4: bool [B, H|1, 1, S] or None; values: [B, S, Dv]; dtype: compute dtype.
+
+    Returns:
+      context [B, 1, Dv] and float32 weights [B, H, 1, S].
+    """
+    b, s, dv = values.shape
+    h = v.shape[0]
+    mask = None if mask4 is None else mask4[:, :, 0]  # [B, H|1, S]
+    weights = masked_softmax(_one_step_scores(qp, kp, v), mask)  # [B, H, S]
+    if h == 1:
+        context = jnp.einsum("bs,bsd->bd", weights[:, 0].astype(dtype), values.astype(dtype))
+    else:
+        heads = values.astype(dtype).reshape(b, s, h, dv // h)
+        context = jnp.einsum("bhs,bshd->bhd", weights.astype(dtype), heads).reshape(b, dv)
+    return context[:, None], weights[:, :, None]
 
 
 def _chunked_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
