@@ -39,7 +39,7 @@ def rnnsearch_forward_flops(cfg: ModelConfig, batch: int, source_length: int,
     flops += _dense(b * t, cfg.emb_dim + ann, gates * hidden)  # first decoder input projection
     flops += (cfg.decoder_layers - 1) * _dense(b * t, hidden, gates * hidden)
     flops += cfg.decoder_layers * _dense(b * t, hidden, gates * hidden)  # recurrences
-    flops += _dense(b * t, hidden, att) + 2 * _dense(b * t * s, att, 1)  # query, scores
+    flops += _dense(b * t, hidden, att) + _dense(b * t * s, att, 1)  # query, v . tanh
     flops += _dense(b * t * s, 1, ann)  # weighted sum of annotations
     features = hidden + ann + cfg.emb_dim
     if cfg.maxout_size:

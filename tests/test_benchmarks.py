@@ -1,0 +1,185 @@
+"""The benchmark harness: well-formed figures at tiny sizes, FLOP counts, peer handling.
+
+No timing is asserted (the machine is shared); what is checked is what the figures are built
+from: the analytic FLOP counts against an independent count over the model's jaxpr, the ratio's
+orientation, the JSON records of `python -m benchmarks.run --tiny`, the skip path of a missing
+peer, and that the chunked attention's compiled memory is a fraction of the naive one's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seq2seq_jax.models import build_model
+
+# `benchmarks/` is a top-level folder of the repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import attention_memory, flops, peer, run, train_bench  # noqa: E402
+from benchmarks.settings import TINY  # noqa: E402
+from benchmarks.timing import figure  # noqa: E402
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_PEER = (peer.DEFAULT_PEER_DIR / peer.SCRIPTS["rnnsearch"]).is_file()
+
+
+def _jaxpr_matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> float:
+    """2 x multiply-adds of every dot_general, scan bodies counted once per iteration."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in contract)
+        repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    total += repeat * _jaxpr_matmul_flops(inner)
+    return total
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("rnnsearch", {}),
+    ("rnnsearch", {"cell_type": "lstm", "encoder_layers": 2, "decoder_layers": 2,
+                   "maxout_size": 6}),
+    ("transformer", {}),
+    ("transformer", {"attention_type": "dot"}),
+])
+def test_analytic_forward_flops_equal_a_count_over_the_jaxpr(family, overrides):
+    settings = dataclasses.replace(TINY, batch=3, source_length=7, target_length=5)
+    cfg = train_bench.model_config(family, settings, **overrides)
+    if cfg.attention_type == "dot":
+        cfg = cfg.replace(attention_dim=0)
+    batch = train_bench.reference_batch(settings)
+    model = build_model(cfg)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch["inputs"],
+                               batch["targets"])
+    jaxpr = jax.make_jaxpr(model.apply)(variables, batch["inputs"], batch["targets"])
+    counted = _jaxpr_matmul_flops(jaxpr.jaxpr)
+    forward = (flops.rnnsearch_forward_flops if family == "rnnsearch"
+               else flops.transformer_forward_flops)
+    analytic = forward(cfg, settings.batch, settings.source_length, settings.target_length)
+    assert analytic == pytest.approx(counted, rel=1e-9)
+    assert flops.train_flops(cfg, settings.batch, settings.source_length,
+                             settings.target_length) == pytest.approx(3 * counted, rel=1e-9)
+
+
+def test_train_flops_rejects_unknown_model():
+    cfg = train_bench.model_config("rnnsearch", TINY)
+    with pytest.raises(ValueError, match="no FLOP count for model 'mystery'"):
+        flops.train_flops(dataclasses.replace(cfg, name="mystery"), 1, 1, 1)
+
+
+def test_figure_ratio_is_ours_over_peer_or_inverted_for_costs():
+    speed = figure("x/tokens_per_s", 300.0, "tokens/s", peer_value=200.0, batch=4)
+    assert speed == {"name": "x/tokens_per_s", "value": 300.0, "unit": "tokens/s",
+                     "peer_value": 200.0, "ratio": 1.5, "batch": 4}
+    time = figure("x/step_time", 300.0, "ms", peer_value=600.0, lower_is_better=True)
+    assert time["ratio"] == 2.0
+    assert "ratio" not in figure("x/y", 1.0, "s") and "ratio" not in figure(
+        "x/y", 1.0, "s", peer_value=0.0)
+
+
+def test_reference_batch_has_the_peer_shapes_and_padding():
+    settings = dataclasses.replace(TINY, batch=16, source_length=10, target_length=7)
+    batch = train_bench.reference_batch(settings)
+    assert batch["inputs"].shape == (16, 10) and batch["targets"].shape == (16, 7)
+    lengths = (batch["inputs"] != 0).sum(axis=1)
+    assert lengths.min() >= 5 and lengths.max() <= 10
+    real = np.arange(10)[None] < lengths[:, None]  # left-aligned: padding only at the end
+    np.testing.assert_array_equal(batch["inputs"] != 0, real)
+    np.testing.assert_array_equal(batch["inputs_segmentation"], real.astype(np.int32))
+    assert (batch["targets"] >= 3).all() and (batch["targets"] < settings.vocab).all()
+
+
+def test_missing_peer_is_reported_with_its_path(tmp_path):
+    cfg = train_bench.model_config("rnnsearch", TINY)
+    with pytest.raises(peer.PeerUnavailable, match="torch_rnnsearch.py not found"):
+        peer.run_peer("rnnsearch", TINY, cfg, modes=("train",), directory=tmp_path)
+    with pytest.raises(ValueError, match="no peer for model 'lstm'"):
+        peer.run_peer("lstm", TINY, cfg, modes=("train",), directory=tmp_path)
+
+
+def test_unknown_group_is_a_usage_error():
+    with pytest.raises(SystemExit), redirect_stderr(io.StringIO()):
+        run.parse_args(["--only", "train,warp"])
+
+
+def test_chunked_attention_compiles_to_a_fraction_of_the_naive_memory():
+    naive = attention_memory.compiled_bytes(attention_memory.CrossAttentionBlock(32, "naive"),
+                                            batch=2, length=64)
+    chunked = attention_memory.compiled_bytes(
+        attention_memory.CrossAttentionBlock(32, "chunked", chunk_size=4), batch=2, length=64)
+    tanh_bytes = 2 * 64 * 64 * 32 * 4  # the naive [B, T, S, D] float32 tensor
+    assert naive["temp"] >= tanh_bytes
+    assert chunked["temp"] * 4 < naive["temp"]
+
+
+def _run_tiny(argv: list[str]) -> tuple[list[dict], str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        assert run.main(["--tiny", *argv]) == 0
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    return [json.loads(line) for line in lines], err.getvalue()
+
+
+def _check_records(records: list[dict]) -> None:
+    for record in records:
+        assert isinstance(record["name"], str) and isinstance(record["unit"], str)
+        assert math.isfinite(record["value"]) and record["value"] >= 0
+        if "peer_value" in record and "ratio" in record:
+            ours, theirs = record["value"], record["peer_value"]
+            inverted = record["unit"] in ("ms", "s", "MiB")
+            expected = theirs / ours if inverted else ours / theirs
+            assert record["ratio"] == pytest.approx(expected, rel=2e-3)
+
+
+def test_tiny_run_without_peer_prints_one_json_figure_per_line(tmp_path):
+    records, err = _run_tiny(["--only", "machine,matmul,train,decode", "--models", "rnnsearch",
+                              "--peer-dir", str(tmp_path)])
+    _check_records(records)
+    names = {r["name"] for r in records}
+    assert {"machine/cpu_cores", "matmul_peak/float32", "train/rnnsearch/tokens_per_s",
+            "train/rnnsearch/step_time", "train/rnnsearch/model_flops_per_step",
+            "train/rnnsearch/fraction_of_matmul_peak", "train/rnnsearch/compile_time",
+            "decode/rnnsearch/greedy/sentences_per_s",
+            f"decode/rnnsearch/beam{TINY.beam_size}/sentences_per_s"} <= names
+    assert not any("peer_value" in r for r in records)
+    assert "peer figures of rnnsearch train skipped" in err and str(tmp_path) in err
+    cfg = train_bench.model_config("rnnsearch", TINY)
+    model_flops = next(r for r in records if r["name"].endswith("model_flops_per_step"))
+    expected = flops.train_flops(cfg, TINY.batch, TINY.source_length, TINY.target_length)
+    assert model_flops["value"] == pytest.approx(expected / 1e9, rel=1e-3)
+
+
+@pytest.mark.skipif(not (HAS_TORCH and HAS_PEER), reason="needs torch and ../shared/bench")
+def test_tiny_run_with_the_peer_gives_ratios():
+    records, _ = _run_tiny(["--only", "train", "--models", "rnnsearch", "--peer-threads", "1"])
+    _check_records(records)
+    with_peer = {r["name"] for r in records if "ratio" in r}
+    assert with_peer == {"train/rnnsearch/tokens_per_s", "train/rnnsearch/step_time"}
+
+
+def test_tiny_attention_figures_compare_chunked_with_naive():
+    settings = dataclasses.replace(TINY, attention_batch=2, attention_length=16)
+    records = attention_memory.run(settings)
+    _check_records(records)
+    by_name = {r["name"]: r for r in records}
+    chunked = by_name["attention/chunked/peak_memory"]
+    assert chunked["peer"] == "naive"
+    assert chunked["peer_value"] == by_name["attention/naive/peak_memory"]["value"]
+    assert jnp.isfinite(by_name["attention/chunked/fwd_bwd_time"]["value"])
