@@ -122,11 +122,15 @@ class Transformer(nn.Module):
 
     def _logits(self, x: Array) -> Array:
         """Final LayerNorm'd decoder states [..., D] -> float32 logits [..., V]."""
+        lead = x.shape[:-1]
+        # One [rows, D] matrix: with a [B, T, D] input XLA's CPU backend computes the kernel
+        # gradient through a transposed copy of the [B, T, V] logit gradient.
+        x = x.reshape(-1, x.shape[-1])  # [B*T, D]
         if self.config.tie_output_embeddings:
             logits = self.target_embed.attend(x) + self.output_bias
         else:
             logits = self.output(x)
-        return logits.astype(jnp.float32)
+        return logits.reshape(*lead, logits.shape[-1]).astype(jnp.float32)
 
     def decode(
         self,
