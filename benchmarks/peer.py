@@ -23,6 +23,8 @@ from benchmarks.settings import BenchSettings
 PEER_DIR_ENV = "SEQ2SEQ_JAX_PEER_DIR"
 DEFAULT_PEER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 SCRIPTS = {"rnnsearch": "torch_rnnsearch.py", "transformer": "torch_transformer.py"}
+# Benchmarked model -> its peer (the PyTorch Transformer's cross-attention is dot-product).
+PEER_OF = {"rnnsearch": "rnnsearch", "transformer": "transformer", "transformer_dot": "transformer"}
 _TRANSFORMER_DRIVER = Path(__file__).resolve().parent / "torch_transformer_peer.py"
 
 

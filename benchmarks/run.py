@@ -28,7 +28,7 @@ from benchmarks.settings import PRESETS, BenchSettings
 from benchmarks.timing import Figure, figure
 
 GROUPS = ("machine", "matmul", "train", "decode", "attention", "pipeline")
-FAMILIES = ("rnnsearch", "transformer")
+FAMILIES = tuple(train_bench.PRESETS)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="fewer repeats, same sizes")
     size.add_argument("--tiny", action="store_true", help="tiny sizes (harness tests)")
     p.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups to run")
-    p.add_argument("--models", default=",".join(FAMILIES), help="rnnsearch,transformer")
+    p.add_argument("--models", default=",".join(FAMILIES), help=",".join(FAMILIES))
     p.add_argument("--no-peer", action="store_true", help="do not run the PyTorch peers")
     p.add_argument("--peer-dir", default=None,
                    help=f"peer directory (default ${peer_lib.PEER_DIR_ENV} or ../shared/bench)")
@@ -68,16 +68,19 @@ def _peers(args: argparse.Namespace, settings: BenchSettings, families: Sequence
     if args.no_peer:
         return {}
     directory = peer_lib.peer_dir(args.peer_dir)
-    out = {}
+    by_peer: dict[str, dict[str, Any] | None] = {}
     for family in families:
-        cfg = train_bench.model_config(family, settings)
+        name = peer_lib.PEER_OF[family]
+        if name in by_peer:
+            continue
         try:
-            out[family] = peer_lib.run_peer(family, settings, cfg, modes=modes,
-                                            directory=directory, threads=args.peer_threads)
+            by_peer[name] = peer_lib.run_peer(name, settings, train_bench.model_config(
+                name, settings), modes=modes, directory=directory, threads=args.peer_threads)
         except peer_lib.PeerUnavailable as e:
-            print(f"benchmarks.run: peer figures of {family} {'/'.join(modes)} skipped: {e}",
+            by_peer[name] = None
+            print(f"benchmarks.run: peer figures of {name} {'/'.join(modes)} skipped: {e}",
                   file=sys.stderr)
-    return out
+    return {f: by_peer[peer_lib.PEER_OF[f]] for f in families if by_peer[peer_lib.PEER_OF[f]]}
 
 
 def _pipeline(quick: bool) -> list[Figure]:

@@ -23,17 +23,25 @@ from benchmarks.timing import Figure, figure, median
 from seq2seq_jax.models import ModelConfig, build_model, default_model_config
 from seq2seq_jax.training import optim, trainer
 
-# Model family -> preset of seq2seq_jax.models.config with the peer's sizes.
-PRESETS = {"rnnsearch": "rnnsearch_reference", "transformer": "transformer_multi30k"}
+# Benchmarked model -> (preset of seq2seq_jax.models.config with the peer's sizes, overrides).
+# `transformer_dot` has the PyTorch Transformer peer's dot-product cross-attention: the
+# like-for-like comparison; `transformer` is the project's additive cross-attention.
+PRESETS = {
+    "rnnsearch": ("rnnsearch_reference", {}),
+    "transformer": ("transformer_multi30k", {}),
+    "transformer_dot": ("transformer_multi30k", {"attention_type": "dot"}),
+}
 BOS_ID, EOS_ID = 1, 2  # the peer's ids (shared/bench/torch_rnnsearch.py)
 
 
 def model_config(family: str, settings: BenchSettings, **overrides: Any) -> ModelConfig:
-    """The benchmarked `ModelConfig` of `family` ('rnnsearch' or 'transformer')."""
+    """The benchmarked `ModelConfig` of `family` (a key of `PRESETS`)."""
     if family not in PRESETS:
         raise ValueError(f"unknown benchmark model {family!r}; known: {sorted(PRESETS)}")
-    section = default_model_config(PRESETS[family])
-    for key, value in (*settings.model_overrides, *overrides.items()):
+    preset, preset_overrides = PRESETS[family]
+    section = default_model_config(preset)
+    for key, value in (*preset_overrides.items(), *settings.model_overrides,
+                       *overrides.items()):
         section[key] = value
     return ModelConfig.from_config(section, source_vocab_size=settings.vocab,
                                    target_vocab_size=settings.vocab, bos_id=BOS_ID, eos_id=EOS_ID)
@@ -133,7 +141,7 @@ def train_figures(family: str, cfg: ModelConfig, settings: BenchSettings,
     return figures
 
 
-def run(settings: BenchSettings, *, families: tuple[str, ...] = ("rnnsearch", "transformer"),
+def run(settings: BenchSettings, *, families: tuple[str, ...] = tuple(PRESETS),
         peak_flops: float | None = None, peers: dict[str, dict[str, Any]] | None = None,
         **overrides: Any) -> list[Figure]:
     """Measures every family; `peers[family]` is the peer's train record (or absent)."""
