@@ -7,7 +7,9 @@ figures are skipped, with the reason on stderr, when torch or the peer files are
 
 Groups (`--only`, comma-separated): machine, matmul, train, decode, attention, pipeline.
 Sizes: the issue's by default; `--quick` fewer repeats at the same sizes; `--tiny` tiny sizes
-(for testing the harness; the figures mean nothing).
+(for testing the harness; the figures mean nothing). `--rounds N` repeats the whole measurement
+N times and prints, per figure, the round with the median ratio (value without a peer): on a
+shared machine that is steadier than one round.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-dir", default=None,
                    help=f"peer directory (default ${peer_lib.PEER_DIR_ENV} or ../shared/bench)")
     p.add_argument("--peer-threads", type=int, default=0, help="peer torch threads (0: default)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure everything N times; print each figure's median round")
     p.add_argument("--output", default=None, help="also append the JSON lines to this file")
     args = p.parse_args(argv)
     for name, chosen, known in (("--only", args.only, GROUPS), ("--models", args.models,
@@ -119,6 +123,26 @@ def run(args: argparse.Namespace, emit: Callable[[Figure], None]) -> None:
         emit_all(_pipeline(quick=args.quick or args.tiny))
 
 
+def median_round(rounds: list[list[Figure]]) -> list[Figure]:
+    """Per figure, the record of the round with the median ratio (or value, without a peer).
+
+    Taking one whole record keeps value, peer value and ratio from the same side-by-side
+    round; `rounds` and the `spread` (min, max) of what was ranked are added.
+    """
+    by_name: dict[str, list[Figure]] = {}
+    for records in rounds:
+        for record in records:
+            by_name.setdefault(record["name"], []).append(record)
+    merged = []
+    for records in by_name.values():
+        key = "ratio" if all("ratio" in r for r in records) else "value"
+        ranked = sorted(records, key=lambda r: r[key])
+        chosen = dict(ranked[(len(ranked) - 1) // 2])
+        chosen.update(rounds=len(records), spread=[ranked[0][key], ranked[-1][key]])
+        merged.append(chosen)
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
@@ -132,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             sink.flush()
 
     try:
-        run(args, emit)
+        if args.rounds <= 1:
+            run(args, emit)
+        else:
+            rounds: list[list[Figure]] = []
+            for _ in range(args.rounds):
+                rounds.append([])
+                run(args, rounds[-1].append)
+            for record in median_round(rounds):
+                emit(record)
     finally:
         if sink:
             sink.close()

@@ -183,3 +183,15 @@ def test_tiny_attention_figures_compare_chunked_with_naive():
     assert chunked["peer"] == "naive"
     assert chunked["peer_value"] == by_name["attention/naive/peak_memory"]["value"]
     assert jnp.isfinite(by_name["attention/chunked/fwd_bwd_time"]["value"])
+
+
+def test_median_round_keeps_one_side_by_side_round_per_figure():
+    rounds = [
+        [figure("t", 100.0, "tokens/s", peer_value=100.0), figure("peak", 5.0, "GFLOP/s")],
+        [figure("t", 300.0, "tokens/s", peer_value=150.0), figure("peak", 9.0, "GFLOP/s")],
+        [figure("t", 120.0, "tokens/s", peer_value=80.0), figure("peak", 7.0, "GFLOP/s")],
+    ]
+    merged = {r["name"]: r for r in run.median_round(rounds)}
+    assert merged["t"]["value"] == 120.0 and merged["t"]["peer_value"] == 80.0
+    assert merged["t"]["ratio"] == 1.5 and merged["t"]["spread"] == [1.0, 2.0]
+    assert merged["peak"]["value"] == 7.0 and merged["peak"]["rounds"] == 3
