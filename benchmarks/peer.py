@@ -82,8 +82,12 @@ def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str
     command = _command(family, directory, settings, cfg, threads)
     results = {}
     for mode in modes:
-        proc = subprocess.run([*command, "--mode", mode], capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
+        try:
+            proc = subprocess.run([*command, "--mode", mode], capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise PeerUnavailable(f"{' '.join(command[:2])} --mode {mode} ran over "
+                                  f"{timeout_s:.0f} s") from e
         records = [json.loads(line) for line in proc.stdout.splitlines()
                    if line.startswith("{")]
         if proc.returncode or not records:
