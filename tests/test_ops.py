@@ -1,0 +1,60 @@
+"""`seq2seq_jax.ops.first_argmax` returns exactly what `jnp.argmax` returns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seq2seq_jax.ops import first_argmax
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_first_argmax_equals_numpy_argmax_on_random_and_tied_values(axis):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7, 9)).astype(np.float32)
+    tied = np.round(x)  # many ties: the first maximum must win
+    for values in (x, tied):
+        got = jax.jit(first_argmax, static_argnums=1)(jnp.asarray(values), axis)
+        assert got.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(got), np.argmax(values, axis=axis))
+
+
+def test_first_argmax_special_values_like_argmax():
+    rows = np.array([
+        [-np.inf, -np.inf, -np.inf],  # all -inf: index 0
+        [1.0, np.inf, np.inf],  # first inf
+        [0.0, np.nan, 5.0],  # a NaN wins, as in argmax
+        [np.nan, 1.0, np.nan],  # the first NaN
+        [2.0, 2.0, 1.0],
+    ], np.float32)
+    got = np.asarray(first_argmax(jnp.asarray(rows)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(rows), axis=-1)))
+    np.testing.assert_array_equal(got, [0, 1, 1, 0, 0])
+
+
+def test_first_argmax_integers_bfloat16_and_empty_axis():
+    ints = jnp.asarray([[3, 7, 7, 1], [0, 0, 0, 0]], jnp.int32)
+    np.testing.assert_array_equal(np.asarray(first_argmax(ints)), [1, 0])
+    bf = jnp.asarray([[0.5, 0.25, 0.5]], jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(first_argmax(bf)), [0])
+    with pytest.raises(ValueError, match=r"empty axis -1 \(shape \(2, 0\)\)"):
+        first_argmax(jnp.zeros((2, 0)))
+
+
+def test_float32_accumulation_rounds_only_the_result():
+    from seq2seq_jax.ops import accumulate_in_float32, float32_product
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 512)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(512, 8)), jnp.bfloat16)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    dims = (((1,), (0,)), ((), ()))
+    wide = float32_product(x, w, dims)
+    assert wide.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(wide), exact, rtol=1e-5, atol=1e-4)
+    narrow = accumulate_in_float32(x, w, dims)
+    assert narrow.dtype == jnp.bfloat16  # one rounding of the float32 sum: <= 2^-8 relative
+    np.testing.assert_allclose(np.asarray(narrow, np.float64), exact, rtol=2.0**-8, atol=1e-6)
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    np.testing.assert_array_equal(np.asarray(accumulate_in_float32(x32, w32, dims)),
+                                  np.asarray(jax.lax.dot_general(x32, w32, dims)))
