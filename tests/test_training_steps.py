@@ -151,3 +151,26 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
     loss_f32 = float(reference["loss"][0] / reference["loss"][1])
     assert np.isfinite(loss_bf16) and loss_bf16 != loss_f32  # bf16 really was used
     np.testing.assert_allclose(loss_bf16, loss_f32, rtol=2e-2)
+
+
+def test_cross_entropy_gradient_is_softmax_minus_smoothed_target():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 6)).astype(np.float32) * 2
+    targets = rng.integers(0, 6, size=(2, 3))
+    weights = (rng.random((2, 3)) > 0.3).astype(np.float32)
+    for ls in (0.0, 0.2):
+        grad = jax.grad(lambda x, ls=ls: steps.cross_entropy_with_smoothing(
+            x, jnp.asarray(targets), jnp.asarray(weights), ls)[0])(jnp.asarray(logits))
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        q = np.full(logits.shape, ls / 5)
+        np.put_along_axis(q, targets[..., None], 1.0 - ls, axis=-1)
+        np.testing.assert_allclose(np.asarray(grad), (p - q) * weights[..., None], atol=1e-6)
+
+
+def test_token_accuracy_takes_the_first_of_tied_maxima():
+    logits = jnp.asarray([[[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]])  # ties: argmax is index 1, 0
+    m = steps.token_metrics(logits, jnp.asarray([[2, 1]]), 0.0)
+    assert float(m["accuracy"][0]) == 0.0
+    m = steps.token_metrics(logits, jnp.asarray([[1, 1]]), 0.0)
+    assert float(m["accuracy"][0]) == 1.0

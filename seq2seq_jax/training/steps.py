@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seq2seq_jax.ops import first_argmax
 from seq2seq_jax.training.optim import last_update_skipped
 from seq2seq_jax.training.state import TrainState
 
@@ -44,19 +45,29 @@ def cross_entropy_with_smoothing(
     Returns:
       `(loss_sum, weight_sum)`, float32 scalars.
     """
+    logits = logits.astype(jnp.float32)
     vocab = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
-    true_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B, T]
+    # log p(y) = logit_y - logsumexp(logits), with logit_y a masked sum rather than a gather:
+    # the gather's transpose is a scatter into a zero [B, T, V] tensor (two extra passes over
+    # the largest tensor of the step on CPU); the masked sum's gradient fuses into the softmax.
+    log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+    true_lp = _true_class_logit(logits, targets) - log_z  # [B, T]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing
         low = label_smoothing / (vocab - 1)
-        rest_lp = jnp.sum(log_probs, axis=-1) - true_lp  # [B, T]
+        rest_lp = jnp.sum(logits, axis=-1) - vocab * log_z - true_lp  # sum of the others' log p
         normalizer = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low))
         per_token = -(confidence * true_lp + low * rest_lp) - normalizer
     else:
         per_token = -true_lp
     weights = weights.astype(jnp.float32)
     return jnp.sum(per_token * weights), jnp.sum(weights)
+
+
+def _true_class_logit(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """logits[..., targets] for logits [..., V] and int targets [...]."""
+    hit = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
+    return jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
 
 
 def token_metrics(
@@ -68,7 +79,7 @@ def token_metrics(
     weights = (targets != 0).astype(jnp.float32)  # [B, T]
     loss = cross_entropy_with_smoothing(logits, targets, weights, label_smoothing)
     nll = cross_entropy_with_smoothing(logits, targets, weights, 0.0)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * weights
+    correct = (first_argmax(logits, axis=-1) == targets).astype(jnp.float32) * weights
     return {"loss": loss, "nll": nll, "accuracy": (jnp.sum(correct), loss[1])}
 
 
