@@ -397,3 +397,18 @@ def test_contract_violations_raise_clear_errors():
                         max_length=3, top_p=0.0)
     with pytest.raises(ValueError, match="one key or 4 keys"):
         decoding.per_example_keys(jnp.zeros((3, 2), jnp.uint32), 4)
+
+
+def test_beam_search_reorders_only_the_cache_leaves_the_step_changes():
+    """Source keys [N, S, D] and mask [N, S] come back unchanged from the step: equal across an
+    example's beams, they are never gathered; the recurrent state h [N, D] is."""
+    import re
+
+    beam = 3
+    cache = _encode(PARAMS, SOURCES)
+    text = str(jax.make_jaxpr(functools.partial(
+        decoding.beam_search, STEP, beam_size=beam, bos_id=BOS, eos_id=EOS, max_length=4))(cache))
+    gathered = set(re.findall(r":([a-z0-9]+\[[\d,]*\]) = gather", text))
+    n = len(SOURCES) * beam
+    assert f"f32[{n},{D}]" in gathered
+    assert f"f32[{n},{S},{D}]" not in gathered and f"bool[{n},{S}]" not in gathered

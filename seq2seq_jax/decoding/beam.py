@@ -12,8 +12,9 @@ penalty of any length it could still reach). A stopped example is frozen, so res
 depend on the batch; the loop exits when every example has stopped.
 
 The cache is tiled to B*K rows (`jnp.repeat` on axis 0; beam k of example b is row b*K + k) and
-reordered with one gather on axis 0 of every leaf. The attention row of every produced token is
-carried per beam and reordered with the beams.
+reordered with one gather on axis 0 of every leaf that the step changes; a leaf it returns
+unchanged (the same array) is equal across the beams of an example and is never reordered. The
+attention row of every produced token is carried per beam and reordered with the beams.
 
 Shape glossary: B batch, K beam, N = B*K, L static maximum output length, S source, V vocab.
 """
@@ -115,7 +116,11 @@ def _beam_step(tokens_to_logits, state: _BeamState, *, eos_id, limits, alpha) ->
     attention = attention.astype(jnp.float32).reshape(batch, beam, -1)  # [B, K, S]
     new, parent = _select(state, log_probs, attention, eos_id=eos_id, limits=limits, alpha=alpha)
     rows = (jnp.arange(batch)[:, None] * beam + parent).reshape(-1)  # [N]
-    cache = jax.tree_util.tree_map(lambda x: x[rows], cache)
+    # A leaf the step returns unchanged (the same array: a source annotation, projected keys,
+    # a mask) still holds the values it was tiled with, equal across the beams of an example,
+    # so reordering it within the example is the identity: skip the gather.
+    cache = jax.tree_util.tree_map(lambda new_leaf, old_leaf: new_leaf if new_leaf is old_leaf
+                                   else new_leaf[rows], cache, state.cache)
     frozen = state.done
 
     def keep_if_done(old, updated):

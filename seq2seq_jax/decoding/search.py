@@ -19,6 +19,7 @@ from seq2seq_jax.decoding.filtering import filter_logits
 from seq2seq_jax.decoding.lengths import resolve_max_length
 from seq2seq_jax.decoding.result import DecodeResult
 from seq2seq_jax.decoding.step import PAD_ID, PyTree, TokensToLogits, probe_step, step_log_probs
+from seq2seq_jax.ops import first_argmax
 
 # choose(log_probs [B, V], step) -> int32 [B]
 Chooser = Callable[[jax.Array, jax.Array], jax.Array]
@@ -37,7 +38,7 @@ class _State(NamedTuple):
 
 def _greedy_choice(log_probs: jax.Array, step: jax.Array) -> jax.Array:
     del step
-    return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    return first_argmax(log_probs, axis=-1)
 
 
 def _decode_one_token(tokens_to_logits, choose, eos_id, limits, state: _State) -> _State:
