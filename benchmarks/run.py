@@ -14,6 +14,11 @@ shared machine that is steadier than one round.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
+    from seq2seq_jax.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()
+
 import argparse
 import json
 import os

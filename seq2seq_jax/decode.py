@@ -4,6 +4,11 @@ Reads one sentence per line (stdin by default), writes one output per line in in
 (stdout by default). See docs/ARCHITECTURE.md, "Decode CLI", and `seq2seq_jax.inference.run`.
 """
 
+if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
+    from seq2seq_jax.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()
+
 import dataclasses
 import logging as pylogging
 import sys
@@ -39,6 +44,10 @@ F.DEFINE_string("plot_attention", None, "Directory for alignment heatmaps (PNG).
 F.DEFINE_integer("num_plots", 10, "Plot the first N non-empty sentences.")
 F.DEFINE_string("alignments", None, "Write every sentence's attention as JSON lines here.")
 F.DEFINE_bool("progress", True, "Progress bar on stderr for inputs of several batches.")
+F.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+              "Decode in this dtype (weights cast once; matmuls accumulate in float32, logits "
+              "stay float32). Default: the run's model.dtype. bfloat16 halves the weights' memory "
+              "and is faster on CPUs with AVX512-BF16 and on GPUs/TPUs.")
 F.mark_flag_as_required("workdir")
 
 

@@ -4,6 +4,11 @@ Override any config value with `--config.key=value` (e.g. `--config.num_train_st
 keys are rejected. Runs resume from the workdir's latest checkpoint.
 """
 
+if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
+    from seq2seq_jax.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()
+
 import logging as pylogging
 import sys
 from pathlib import Path
