@@ -157,7 +157,12 @@ def test_tiny_run_without_peer_prints_one_json_figure_per_line(tmp_path):
             "train/rnnsearch/step_time", "train/rnnsearch/model_flops_per_step",
             "train/rnnsearch/fraction_of_matmul_peak", "train/rnnsearch/compile_time",
             "decode/rnnsearch/greedy/sentences_per_s",
-            f"decode/rnnsearch/beam{TINY.beam_size}/sentences_per_s"} <= names
+            f"decode/rnnsearch/beam{TINY.beam_size}/sentences_per_s",
+            "decode/rnnsearch/greedy_bf16/sentences_per_s",
+            f"decode/rnnsearch/beam{TINY.beam_size}_bf16/sentences_per_s"} <= names
+    dtypes = {r["name"]: r["dtype"] for r in records if r["name"].startswith("decode/")}
+    assert dtypes["decode/rnnsearch/greedy_bf16/sentences_per_s"] == "bfloat16"
+    assert dtypes["decode/rnnsearch/greedy/sentences_per_s"] == "float32"
     assert not any("peer_value" in r for r in records)
     assert "peer figures of rnnsearch train skipped" in err and str(tmp_path) in err
     cfg = train_bench.model_config("rnnsearch", TINY)

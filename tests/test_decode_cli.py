@@ -197,3 +197,28 @@ def test_empty_input_gives_empty_output_and_no_scores(workdir, tmp_path):
         (tmp_path / "ref.txt").write_text("x\n")
         run_lib.run_decode(run_lib.DecodeOptions(workdir=str(workdir), input=str(empty),
                                                  reference=str(tmp_path / "ref.txt")))
+
+
+@pytest.mark.slow
+def test_bfloat16_decoding_casts_the_weights_once_and_reports_its_dtype(workdir, tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    f32 = restore_from_workdir(workdir)
+    bf16 = restore_from_workdir(workdir, dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jnp.dtype(jnp.bfloat16)}
+    assert (bf16.model_config.dtype, bf16.model_config.param_dtype) == ("bfloat16", "bfloat16")
+    ids = jnp.asarray([[5, 6, 7, 2, 0, 0], [8, 9, 2, 0, 0, 0]], jnp.int32)
+    logits = [r.model.apply({"params": r.params}, ids, ids) for r in (f32, bf16)]
+    assert logits[1].dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(logits[0])))
+    np.testing.assert_allclose(np.asarray(logits[1]), np.asarray(logits[0]), atol=0.03 * scale)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(LINES) + "\n")
+    summary = run_lib.run_decode(run_lib.DecodeOptions(
+        workdir=str(workdir), input=str(source), output=str(tmp_path / "out.txt"),
+        dtype="bfloat16", progress=False))
+    assert summary["dtype"] == "bfloat16"
+    assert len((tmp_path / "out.txt").read_text().split("\n")[:-1]) == len(LINES)
+    with pytest.raises(ValueError, match="floating-point dtype, got 'int32'"):
+        restore_from_workdir(workdir, dtype="int32")

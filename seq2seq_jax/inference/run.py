@@ -58,6 +58,7 @@ class DecodeOptions:
     num_plots: int = 10
     alignments: str | None = None
     progress: bool = True
+    dtype: str | None = None  # None: the run's model.dtype.
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -200,7 +201,8 @@ def _attention_indices(options: DecodeOptions, sources: Sequence[str]) -> tuple[
 def _report(stats, search: SearchConfig, restored: RestoredModel) -> dict[str, Any]:
     summary = {"checkpoint_step": restored.step, "mode": search.mode, "beam_size":
                search.beam_size, "alpha": search.alpha, "max_length": search.max_length,
-               "sentences": stats.sentences, "programs_compiled": stats.programs_compiled,
+               "dtype": restored.model_config.dtype, "sentences": stats.sentences,
+               "programs_compiled": stats.programs_compiled,
                "compile_seconds": stats.compile_seconds,
                "decode_seconds": stats.decode_seconds,
                "sentences_per_second": stats.sentences_per_second}
@@ -234,7 +236,7 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
         raise ValueError(f"--reference {options.reference} has {len(references)} lines but the "
                          f"input has {len(sources)}")
     restored = restore_from_workdir(options.workdir, checkpoint=options.checkpoint,
-                                    step=options.checkpoint_step)
+                                    step=options.checkpoint_step, dtype=options.dtype)
     search = search_config(options, restored)
     limit = max_source_length(options, restored)
     translator = BatchTranslator(

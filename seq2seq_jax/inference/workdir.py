@@ -122,13 +122,15 @@ def _abstract_params(model: nn.Module) -> PyTree:
 
 
 def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "latest",
-                         step: int | None = None) -> RestoredModel:
+                         step: int | None = None, dtype: str | None = None) -> RestoredModel:
     """Loads config, tokenizers and a checkpoint's parameters from a training workdir.
 
     Args:
       workdir: the training run's directory.
       checkpoint: 'latest' or 'best' (by the run's `config.checkpoint.best_metric`).
       step: restore this step instead (with `checkpoint='latest'`).
+      dtype: run the model in this dtype (parameters cast once after the restore, see
+        `models.with_dtype`); None keeps the run's `model.dtype` / `model.param_dtype`.
 
     Returns:
       A `RestoredModel`.
@@ -147,5 +149,8 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
     location = ckpt_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
     model_config, model = _build_model(config, source_tok, target_tok)
     params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
+    if dtype is not None:
+        model_config, params = models.with_dtype(model_config, params, dtype)
+        model = models.build_model(model_config)
     return RestoredModel(config, model_config, model, params, source_tok, target_tok,
                          location.step, location.step_dir)

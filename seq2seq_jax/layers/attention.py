@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seq2seq_jax.ops import accumulate_in_float32
+
 Array = chex.Array
 Dtype = jnp.dtype | type
 
@@ -161,7 +163,8 @@ class AdditiveAttention(nn.Module):
             raise ValueError(f"attention_dim={self.attention_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
         head_dim = self.attention_dim // self.num_heads
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                     dot_general=accumulate_in_float32)
         self.key_proj = nn.Dense(self.attention_dim, use_bias=False, **dense)
         # The normalised form carries its own bias `b` inside tanh instead of U's bias.
         self.query_proj = nn.Dense(self.attention_dim,
@@ -387,7 +390,7 @@ class DotProductAttention(nn.Module):
             raise ValueError(f"attention_dim={self.attention_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                     use_bias=False)
+                     use_bias=False, dot_general=accumulate_in_float32)
         self.key_proj = nn.Dense(self.attention_dim, **dense)
         self.query_proj = nn.Dense(self.attention_dim, **dense)
 

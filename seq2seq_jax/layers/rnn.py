@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seq2seq_jax.ops import accumulate_in_float32
+
 Array = chex.Array
 Carry = Any  # GRU: h [B, H]; LSTM: (c [B, H], h [B, H])
 
@@ -78,12 +80,14 @@ class RecurrentCell(nn.Module):
         if self.cell_type not in _NUM_GATES:
             raise ValueError(f"cell_type={self.cell_type!r} is not one of {list(_NUM_GATES)}")
         features = _NUM_GATES[self.cell_type] * self.hidden_size
-        self.input = nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.input = nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=accumulate_in_float32)
         self.hidden = nn.Dense(
             features,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=nn.initializers.lecun_normal(),
+            dot_general=accumulate_in_float32,
         )
 
     def project_inputs(self, x: Array) -> Array:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seq2seq_jax.layers.attention import get_attention_class, masked_softmax
+from seq2seq_jax.ops import accumulate_in_float32
 
 Array = chex.Array
 Cache = dict[str, Array]
@@ -93,7 +94,8 @@ class SelfAttention(nn.Module):
         if features % self.num_heads:
             raise ValueError(f"width {features} not divisible by num_heads={self.num_heads}")
         head_dim = features // self.num_heads
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                     dot_general=accumulate_in_float32)
         proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name, **dense)(x)
         q, k, v = proj("query"), proj("key"), proj("value")  # [B, T, H, Dh]
         if cache is not None:
@@ -124,7 +126,8 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         """[B, T, D] -> [B, T, D]."""
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                     dot_general=accumulate_in_float32)
         y = nn.relu(nn.Dense(self.mlp_dim, **dense)(x))
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         return nn.Dense(x.shape[-1], **dense)(y)
@@ -191,7 +194,7 @@ class DecoderLayer(nn.Module):
         if self.cross_attention == "additive":
             cross_kw["normalize"] = self.normalize_attention
         self.cross = get_attention_class(self.cross_attention)(**cross_kw)
-        self.cross_out = nn.Dense(self.model_dim, **kw)
+        self.cross_out = nn.Dense(self.model_dim, dot_general=accumulate_in_float32, **kw)
         self.mlp_norm = nn.LayerNorm(**kw)
         self.mlp = MlpBlock(self.mlp_dim, self.dropout_rate, **kw)
         self.dropout = nn.Dropout(self.dropout_rate)

@@ -21,6 +21,7 @@ from seq2seq_jax.models.registry import (
     init_variables,
     make_tokens_to_logits,
     model_names,
+    with_dtype,
 )
 from seq2seq_jax.models.rnnsearch import RNNSearch
 from seq2seq_jax.models.shift import shift_right
@@ -42,4 +43,5 @@ __all__ = [
     "preset_names",
     "rnnsearch_reference_config",
     "shift_right",
+    "with_dtype",
 ]

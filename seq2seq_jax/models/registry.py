@@ -39,6 +39,28 @@ def build_model(model_config: ModelConfig) -> nn.Module:
     return get_model_class(model_config.name)(model_config.validate())
 
 
+def with_dtype(model_config: ModelConfig, params: Any, dtype: str
+               ) -> tuple[ModelConfig, Any]:
+    """The config and parameters to run a trained model in `dtype` (e.g. bfloat16 inference).
+
+    Floating-point parameters are cast once (integer leaves are kept), and the config's compute
+    and parameter dtypes both become `dtype`; matmuls still accumulate in float32 and logits
+    stay float32 (`seq2seq_jax.ops`).
+
+    Raises:
+      ValueError: naming `dtype` if it is not a floating-point dtype.
+    """
+    try:
+        target = jnp.dtype(dtype)
+    except TypeError as e:
+        raise ValueError(f"unknown dtype {dtype!r}") from e
+    if not jnp.issubdtype(target, jnp.floating):
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype!r}")
+    cast = lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    new_config = model_config.replace(dtype=target.name, param_dtype=target.name).validate()
+    return new_config, jax.tree.map(cast, params)
+
+
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter tree (works on `jax.eval_shape` results too)."""
     return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -35,6 +35,7 @@ from seq2seq_jax.layers.rnn import RecurrentCell, RNNEncoder, carry_hidden
 from seq2seq_jax.models import inputs as model_inputs
 from seq2seq_jax.models.config import ModelConfig
 from seq2seq_jax.models.shift import shift_right
+from seq2seq_jax.ops import accumulate_in_float32, float32_product
 
 Array = chex.Array
 
@@ -66,13 +67,14 @@ class RNNSearch(nn.Module):
             cfg.dropout_rate, dt, pdt,
         )
         dense = dict(dtype=dt, param_dtype=pdt)
+        layer = dict(dense, dot_general=accumulate_in_float32)  # Dense layers; see ops
         hidden = cfg.decoder_hidden_size
         self.cells = [
             RecurrentCell(cfg.cell_type, hidden, dt, pdt) for _ in range(cfg.decoder_layers)
         ]
         gates = self.cells[0].hidden_size * (3 if cfg.cell_type == "gru" else 4)
         # The context part of the first decoder layer's input kernel (its bias is in cells[0]).
-        self.context_proj = nn.Dense(gates, use_bias=False, **dense)
+        self.context_proj = nn.Dense(gates, use_bias=False, **layer)
         attention_cls = get_attention_class(cfg.attention_type)
         attention_kwargs = dict(attention_dim=cfg.attention_dim or hidden,
                                 num_heads=cfg.num_heads, **dense)
@@ -80,17 +82,17 @@ class RNNSearch(nn.Module):
             attention_kwargs["normalize"] = cfg.normalize_attention
         self.attention = attention_cls(**attention_kwargs)
         if cfg.bridge != "zero":
-            self.bridge = [nn.Dense(hidden, **dense) for _ in range(cfg.decoder_layers)]
+            self.bridge = [nn.Dense(hidden, **layer) for _ in range(cfg.decoder_layers)]
         if cfg.maxout_size:
-            self.maxout = nn.Dense(2 * cfg.maxout_size, **dense)
+            self.maxout = nn.Dense(2 * cfg.maxout_size, **layer)
         elif cfg.tie_output_embeddings:
-            self.readout = nn.Dense(cfg.emb_dim, **dense)
+            self.readout = nn.Dense(cfg.emb_dim, **layer)
         if cfg.tie_output_embeddings:
             self.output_bias = self.param(
                 "output_bias", nn.initializers.zeros, (cfg.target_vocab_size,), pdt
             )
         else:
-            self.output = nn.Dense(cfg.target_vocab_size, **dense)
+            self.output = nn.Dense(cfg.target_vocab_size, dot_general=float32_product, **dense)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     # ----------------------------------------------------------------------------- encoder

@@ -27,6 +27,7 @@ from seq2seq_jax.layers.transformer import DecoderLayer, EncoderLayer, sinusoida
 from seq2seq_jax.models import inputs as model_inputs
 from seq2seq_jax.models.config import ModelConfig
 from seq2seq_jax.models.shift import shift_right
+from seq2seq_jax.ops import float32_product
 
 Array = chex.Array
 
@@ -77,7 +78,7 @@ class Transformer(nn.Module):
                 "output_bias", nn.initializers.zeros, (cfg.target_vocab_size,), pdt
             )
         else:
-            self.output = nn.Dense(cfg.target_vocab_size, **kw)
+            self.output = nn.Dense(cfg.target_vocab_size, dot_general=float32_product, **kw)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _deterministic(self, train: bool) -> bool:
