@@ -59,3 +59,39 @@ def float32_product(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
     del preferred_element_type
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=jnp.float32)
+
+
+def top_k(x: jax.Array, k: int, *, block: int = 64) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k` over the last axis (same values, same indices), faster for small k.
+
+    XLA's CPU TopK costs ~1.4 ns per input element whatever k is (3.6 ms for beam search's
+    [64, 5 x 8000] candidates, every step). Here the last axis is cut into blocks of `block`
+    elements; the k blocks with the largest maxima (ties: lower block first) hold the k largest
+    elements (ties: lower index first), because every block ranked before an element's block
+    contains an element ranked before it. So one max-reduction over `x`, a TopK over the block
+    maxima and a TopK over k gathered blocks replace the TopK over `x`. Rows too short for that
+    to pay use `lax.top_k` directly.
+
+    Args:
+      x: [..., n] values (NaN-free).
+      k: 1 <= k <= n.
+      block: elements per block.
+
+    Returns:
+      (values [..., k] in descending order, int32 indices [..., k]), as `lax.top_k`.
+    """
+    n = x.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"top_k needs 1 <= k <= {n} (the last axis of shape {x.shape}), got {k}")
+    if n < 4 * k * block:
+        return jax.lax.top_k(x, k)
+    blocks = -(-n // block)
+    pad = blocks * block - n  # -inf padding sits after every real element: never chosen
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+    grouped = padded.reshape(*x.shape[:-1], blocks, block)  # [..., blocks, block]
+    _, chosen = jax.lax.top_k(jnp.max(grouped, axis=-1), k)  # [..., k]
+    chosen = jnp.sort(chosen, axis=-1)  # in index order, so position ties follow index ties
+    gathered = jnp.take_along_axis(grouped, chosen[..., None], axis=-2)  # [..., k, block]
+    values, where = jax.lax.top_k(gathered.reshape(*x.shape[:-1], k * block), k)
+    index = jnp.take_along_axis(chosen, where // block, axis=-1) * block + where % block
+    return values, index.astype(jnp.int32)

@@ -58,3 +58,29 @@ def test_float32_accumulation_rounds_only_the_result():
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
     np.testing.assert_array_equal(np.asarray(accumulate_in_float32(x32, w32, dims)),
                                   np.asarray(jax.lax.dot_general(x32, w32, dims)))
+
+
+@pytest.mark.parametrize("shape,k,block", [((3, 4000), 5, 64), ((2, 3, 2999), 4, 16),
+                                           ((4, 300), 7, 8), ((2, 50), 3, 64)])
+def test_top_k_equals_lax_top_k_values_and_indices(shape, k, block):
+    from seq2seq_jax.ops import top_k
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=shape).astype(np.float32)
+    tied = np.round(x * 2)  # many equal values across and within blocks: lower index first
+    sparse = np.where(rng.random(shape) < 0.995, -np.inf, x).astype(np.float32)  # mostly -inf
+    fn = jax.jit(lambda v: top_k(v, k, block=block))
+    for values in (x, tied, sparse, np.full(shape, -np.inf, np.float32)):
+        got, want = fn(jnp.asarray(values)), jax.lax.top_k(jnp.asarray(values), k)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        assert got[1].dtype == jnp.int32
+
+
+def test_top_k_rejects_k_outside_the_axis():
+    from seq2seq_jax.ops import top_k
+
+    with pytest.raises(ValueError, match=r"1 <= k <= 6 .*\(2, 6\)\), got 7"):
+        top_k(jnp.zeros((2, 6)), 7)
+    with pytest.raises(ValueError, match="got 0"):
+        top_k(jnp.zeros((2, 6)), 0)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from seq2seq_jax.decoding.lengths import gnmt_length_penalty, resolve_max_length
 from seq2seq_jax.decoding.result import Beams, DecodeResult
 from seq2seq_jax.decoding.step import PAD_ID, PyTree, TokensToLogits, probe_step, step_log_probs
+from seq2seq_jax.ops import top_k
 
 
 class _BeamState(NamedTuple):
@@ -75,7 +76,7 @@ def _select(
     batch, beam, vocab = step_log_probs_.shape
     cand_log_probs, cand_lengths = _candidates(state, step_log_probs_)
     rank = cand_log_probs / gnmt_length_penalty(cand_lengths, alpha)  # [B, K, V]
-    _, flat = jax.lax.top_k(rank.reshape(batch, beam * vocab), beam)  # [B, K]
+    _, flat = top_k(rank.reshape(batch, beam * vocab), beam)  # [B, K]; == lax.top_k
     parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
     parent_finished = _gather_beams(state.finished, parent)
     token = jnp.where(parent_finished, PAD_ID, token)
