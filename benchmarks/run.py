@@ -33,6 +33,7 @@ from benchmarks import attention_memory, decode_bench, matmul_peak, train_bench
 from benchmarks import peer as peer_lib
 from benchmarks.settings import PRESETS, BenchSettings
 from benchmarks.timing import Figure, figure
+from seq2seq_jax import hugepages
 
 GROUPS = ("machine", "matmul", "train", "decode", "attention", "pipeline")
 FAMILIES = tuple(train_bench.PRESETS)
@@ -68,7 +69,9 @@ def machine_figures() -> list[Figure]:
     return [figure("machine/cpu_cores", os.cpu_count() or 0, "cores",
                    processor=platform.processor() or platform.machine(),
                    backend=jax.default_backend(), devices=jax.device_count(),
-                   jax=jax.__version__, loadavg_1min=round(load, 2))]
+                   jax=jax.__version__, loadavg_1min=round(load, 2),
+                   transparent_hugepages=hugepages.thp_mode(),
+                   glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))]
 
 
 def _peers(args: argparse.Namespace, settings: BenchSettings, families: Sequence[str],
