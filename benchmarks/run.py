@@ -17,7 +17,7 @@ from __future__ import annotations
 if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
     from seq2seq_jax.hugepages import reexec_with_hugepages
 
-    reexec_with_hugepages()
+    reexec_with_hugepages("benchmarks.run")
 
 import argparse
 import json

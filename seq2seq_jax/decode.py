@@ -7,7 +7,7 @@ Reads one sentence per line (stdin by default), writes one output per line in in
 if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
     from seq2seq_jax.hugepages import reexec_with_hugepages
 
-    reexec_with_hugepages()
+    reexec_with_hugepages("seq2seq_jax.decode")
 
 import dataclasses
 import logging as pylogging

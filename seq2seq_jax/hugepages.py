@@ -13,8 +13,9 @@ command line (`os.execv`, same pid, nothing run twice). Measured on the 2-core d
 PyTorch peer is unaffected by the tunable.
 
 Nothing happens (no re-exec) when the tunable is already set, on non-Linux or non-glibc systems,
-when transparent huge pages are `always` (already used) or `never` (unavailable), when
-`sys.orig_argv` is unavailable, or when `SEQ2SEQ_JAX_HUGEPAGES=0`. The library never re-executes
+when transparent huge pages are `always` (already used) or `never` (unavailable), when the
+process was not started as `python -m <that entry point>` (e.g. `runpy` from another program,
+which must not be restarted), or when `SEQ2SEQ_JAX_HUGEPAGES=0`. The library never re-executes
 anything on import: only the command-line entry points call this.
 """
 
@@ -49,6 +50,24 @@ def with_hugetlb(tunables: str | None) -> str:
     return ":".join([*kept, f"{TUNABLE}=1"])
 
 
+_OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
+
+
+def launched_as(module: str, argv: list[str]) -> bool:
+    """Whether the interpreter command line `argv` (`sys.orig_argv`) is `python ... -m module`."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, None) == module
+        if arg.startswith("-m"):
+            return arg[2:] == module
+        if arg in _OPTIONS_WITH_VALUE:
+            next(args, None)
+        elif arg == "-c" or arg == "-" or not arg.startswith("-"):
+            return False  # a command string, stdin or a script: not the module
+    return False
+
+
 def should_reexec(environ: Mapping[str, str], *, system: str, libc: str,
                   mode: str | None) -> bool:
     """Whether re-executing with the tunable can help (see the module docstring)."""
@@ -59,14 +78,18 @@ def should_reexec(environ: Mapping[str, str], *, system: str, libc: str,
     return not any(t.split("=")[0] == TUNABLE for t in environ.get("GLIBC_TUNABLES", "").split(":"))
 
 
-def reexec_with_hugepages() -> None:
+def reexec_with_hugepages(module: str) -> None:
     """Replaces this process by itself with glibc's hugetlb tunable set, when that helps.
 
     Call it first thing in a command-line entry point (`if __name__ == "__main__":`), before
     anything reads stdin or starts threads. Returns only when no re-exec happens.
+
+    Args:
+      module: the entry point's module name; the process is re-executed only if it was started
+        as `python -m module`.
     """
     argv = getattr(sys, "orig_argv", None)
-    if not argv or not sys.executable:
+    if not argv or not sys.executable or not launched_as(module, argv):
         return
     if not should_reexec(os.environ, system=platform.system(), libc=platform.libc_ver()[0],
                          mode=thp_mode()):

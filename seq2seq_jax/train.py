@@ -7,7 +7,7 @@ keys are rejected. Runs resume from the workdir's latest checkpoint.
 if __name__ == "__main__":  # Before JAX loads (seq2seq_jax.hugepages).
     from seq2seq_jax.hugepages import reexec_with_hugepages
 
-    reexec_with_hugepages()
+    reexec_with_hugepages("seq2seq_jax.train")
 
 import logging as pylogging
 import sys
