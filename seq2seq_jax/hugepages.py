@@ -6,9 +6,9 @@ huge pages in `madvise` mode (the default of many distributions), that memory is
 pages: the large matmuls then miss the TLB, and every step faults its temporaries in page by
 page. glibc asks for huge pages when its `glibc.malloc.hugetlb=1` tunable is set, but tunables
 are read only when a process starts, so the command-line tools (`seq2seq_jax.train`,
-`seq2seq_jax.decode`, `benchmarks.run`) call `reexec_with_hugepages()` first thing: when it
+`seq2seq_jax.decode`, `benchmarks.run`) call `reexec_with_hugepages(module)` first thing: when it
 would help, it sets the tunable in the environment and replaces the process with the same
-command line (`os.execv`, same pid, nothing run twice). Measured on the 2-core development VM
+command line (`os.execve`, same pid, nothing run twice). Measured on the 2-core development VM
 (`python -m benchmarks.run --only train`): the reference train step ~1,060 -> ~990 ms; the
 PyTorch peer is unaffected by the tunable.
 

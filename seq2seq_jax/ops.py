@@ -1,10 +1,13 @@
-"""Array operations written for speed on XLA's CPU backend (and no slower elsewhere).
+"""Array operations written for XLA's CPU backend; they compute the same results everywhere.
 
-`first_argmax` is `jnp.argmax` (the first maximum; the first NaN if there is one) as a max
-followed by a min-index reduction. XLA lowers `jnp.argmax` to one variadic (value, index)
-reduction, which the CPU backend runs ~4x slower than the two plain reductions here
-(`python -m benchmarks.run` measures what this buys: it is on every greedy-decoding step and in
-every train step's accuracy).
+- `first_argmax`: `jnp.argmax` (the first maximum; the first NaN if there is one) as a max and a
+  min-index reduction. XLA lowers `jnp.argmax` to one variadic (value, index) reduction, which
+  the CPU backend runs ~4x slower. Used by every greedy-decoding step and train-step accuracy.
+- `top_k`: `lax.top_k` through block maxima (beam search's candidate selection).
+- `accumulate_in_float32`, `float32_product`: the `dot_general`s of the models' Dense and output
+  layers, so bfloat16 models multiply bf16 x bf16 into float32.
+
+`python -m benchmarks.run` measures what each buys (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
