@@ -75,6 +75,12 @@ def test_metric_input_errors_are_clear():
         corpus_bleu("a cat", ["a cat"])
     with pytest.raises(ValueError, match="unknown sacreBLEU tokenize='moses'"):
         corpus_bleu(HYPS, REFS, tokenize="moses")
+    for fn in (corpus_bleu, corpus_chrf):
+        with pytest.raises(ValueError, match=f"{fn.__name__}: the corpus is empty"):
+            fn([], [])
+    with pytest.raises(ValueError, match="has 1 lines but there are 0"):
+        corpus_bleu([], ["a"])
+    assert exact_match([], []) == 0.0
 
 
 def _png_size(path) -> tuple[int, int]:

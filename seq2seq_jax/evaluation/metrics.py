@@ -41,6 +41,17 @@ def _reference_streams(
     return streams
 
 
+def _nonempty_streams(
+    name: str, hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]
+) -> list[list[str]]:
+    """`_reference_streams`, refusing an empty corpus (sacreBLEU fails on it with IndexError)."""
+    streams = _reference_streams(hypotheses, references)
+    if not hypotheses:
+        raise ValueError(f"{name}: the corpus is empty (no hypotheses, no references); "
+                         "corpus scores are undefined without sentences.")
+    return streams
+
+
 def corpus_bleu(
     hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *,
     tokenize: str = "13a", lowercase: bool = False, smooth_method: str = "exp"
@@ -60,10 +71,10 @@ def corpus_bleu(
       "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0".
 
     Raises:
-      ValueError: if a reference stream's length differs from the hypotheses', or an option is
-        unknown. TypeError: on non-string lines.
+      ValueError: if a reference stream's length differs from the hypotheses', the corpus is
+        empty (no score is defined), or an option is unknown. TypeError: on non-string lines.
     """
-    streams = _reference_streams(hypotheses, references)
+    streams = _nonempty_streams("corpus_bleu", hypotheses, references)
     if tokenize not in sacrebleu.BLEU.TOKENIZERS:
         raise ValueError(f"unknown sacreBLEU tokenize={tokenize!r}; one of "
                          f"{sorted(sacrebleu.BLEU.TOKENIZERS)}.")
@@ -93,7 +104,7 @@ def corpus_chrf(
     Raises:
       ValueError / TypeError: as `corpus_bleu`.
     """
-    streams = _reference_streams(hypotheses, references)
+    streams = _nonempty_streams("corpus_chrf", hypotheses, references)
     metric = sacrebleu.CHRF(word_order=word_order, lowercase=lowercase)
     score = metric.corpus_score(list(hypotheses), streams)
     return MetricResult(float(score.score), str(metric.get_signature()))
