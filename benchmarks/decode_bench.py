@@ -34,7 +34,7 @@ from seq2seq_jax.models import (
 )
 
 DTYPES = ("float32", "bfloat16")
-DTYPE_SUFFIX = {"bfloat16": "bf16", "float16": "f16"}
+DTYPE_SUFFIX = {"bfloat16": "bf16"}
 
 
 def make_decoder(cfg: ModelConfig, mode: str, length: int, beam_size: int = 1,

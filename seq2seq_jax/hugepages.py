@@ -9,8 +9,9 @@ are read only when a process starts, so the command-line tools (`seq2seq_jax.tra
 `seq2seq_jax.decode`, `benchmarks.run`) call `reexec_with_hugepages(module)` first thing: when it
 would help, it sets the tunable in the environment and replaces the process with the same
 command line (`os.execve`, same pid, nothing run twice). Measured on the 2-core development VM
-(`python -m benchmarks.run --only train`): the reference train step ~1,060 -> ~990 ms; the
-PyTorch peer is unaffected by the tunable.
+with the benchmark's train step (`benchmarks.train_bench.measure_train`, 2 runs of 8 steps with
+and without the tunable): the reference train step ~1,060 -> ~990 ms; the PyTorch peer is
+unaffected by the tunable.
 
 Nothing happens (no re-exec) when the tunable is already set, on non-Linux or non-glibc systems,
 when transparent huge pages are `always` (already used) or `never` (unavailable), when the
