@@ -25,6 +25,7 @@ CELL_TYPES = ("gru", "lstm")
 ATTENTION_TYPES = ("additive", "dot")
 BRIDGES = ("mean", "final", "backward", "zero")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+INIT_SCHEMES = ("flax", "torch")  # seq2seq_jax.models.init
 
 # The PyTorch peer's vocabulary size and special ids (shared/bench/torch_rnnsearch.py).
 REFERENCE_VOCAB_SIZE = 8000
@@ -73,6 +74,9 @@ class ModelConfig:
       tie_output_embeddings: output projection is the target embedding transposed.
       dtype: compute dtype name ('float32', 'bfloat16', ...); logits stay float32.
       param_dtype: parameter dtype name.
+      init_scheme: parameter initialisation, 'flax' (the modules' own initialisers) or
+        'torch' (PyTorch's layer defaults, for parity with PyTorch peers; see
+        `seq2seq_jax.models.init`).
       deterministic: if True, dropout is off even when a method is called with `train=True`
         (the eval / decode variant: `config.replace(deterministic=True)`).
     """
@@ -106,6 +110,7 @@ class ModelConfig:
     tie_output_embeddings: bool = _static(False)
     dtype: str = _static("float32")
     param_dtype: str = _static("float32")
+    init_scheme: str = _static("flax")
     deterministic: bool = _static(False)
 
     @property
@@ -177,6 +182,7 @@ class ModelConfig:
         _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
         _check_choice("bridge", self.bridge, BRIDGES)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        _check_choice("init_scheme", self.init_scheme, INIT_SCHEMES)
         for key in ("source_vocab_size", "target_vocab_size", "emb_dim", "encoder_layers",
                     "decoder_layers", "num_heads", "max_len"):
             if getattr(self, key) < 1:

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from seq2seq_jax.models import init as model_init
 from seq2seq_jax.training import parallel, steps
 from seq2seq_jax.training.state import TrainState
 
@@ -61,9 +62,10 @@ def init_train_state(
 ) -> tuple[TrainState, Placement]:
     """Initialises parameters and optimiser state directly in their final placement.
 
-    The PRNG key `PRNGKey(seed)` is split into (params, dropout-at-init, state.rng); the values are
-    the same whatever the placement (JAX's partitionable threefry), so one seed gives one model on
-    any device count.
+    Parameters follow the model's `config.init_scheme` ('flax' or 'torch', see
+    `seq2seq_jax.models.init`). The PRNG key `PRNGKey(seed)` is split into (params,
+    dropout-at-init, state.rng); the values are the same whatever the placement (JAX's
+    partitionable threefry), so one seed gives one model on any device count.
 
     Args:
       model: a Linen model with the seq2seq call signature.
@@ -84,8 +86,9 @@ def init_train_state(
         variables = model.init({"params": params_key, "dropout": dropout_key}, batch["inputs"],
                                batch["targets"], **{k: batch[k] for k in steps.MODEL_KEYS},
                                train=False)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 rng=state_key)
+        scheme = getattr(getattr(model, "config", None), "init_scheme", "flax")
+        params = model_init.apply_scheme(scheme, variables["params"], params_key)
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_key)
 
     if parallelism == "pmap":
         return parallel.replicate(jax.jit(init_fn)()), Placement("pmap")
