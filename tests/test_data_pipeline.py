@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seq2seq_jax import data
+from seq2seq_jax.data import batching
 from seq2seq_jax.data import config as config_lib
 
 ROWS = 16
@@ -309,3 +310,102 @@ def test_restore_with_other_batch_size_resumes_nearby(tfds_dir, tok, mode):
     for b in take(reference, 6 if mode == "pad" else 4):  # 'bucket': up to the saved window.
         seen_before.update(map(tuple, b["inputs"]))
     assert not seen_before & collections.Counter(map(tuple, batch["inputs"]))
+
+
+# --- Token-budget batches (data.tokens_per_batch).
+
+
+def test_token_budget_rows_table():
+    table = batching.token_budget_rows((8, 12, 16, 40), 200, max_rows=24, multiple=4)
+    assert table == {8: 24, 12: 16, 16: 12, 40: 4}  # 200 // 8 = 25 > 24 rows; 200 // 12 = 16
+    for length, rows in table.items():
+        assert rows * length <= 200 and rows % 4 == 0
+    with pytest.raises(ValueError, match="tokens_per_batch=100.*length 40"):
+        batching.token_budget_rows((8, 40), 100, max_rows=24, multiple=4)
+
+
+def _random_examples(rng, n, max_lengths):
+    return [(np.ones(rng.integers(1, max_lengths[0] + 1), np.int32) * (i + 1),
+             np.ones(rng.integers(1, max_lengths[1] + 1), np.int32) * (i + 1)) for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_token_budget_groups_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    max_lengths = (30, 20)
+    lengths = (6, 8, 12, 16, 24, 30)
+    table = batching.token_budget_rows(lengths, 240, max_rows=32, multiple=2)
+    examples = _random_examples(rng, 500, max_lengths)
+    groups = batching.token_budget_groups(examples, table, max_lengths, rng)
+    seen = [int(e[0][0]) for group, _, _ in groups for e in group]
+    assert sorted(seen) == list(range(1, 501)), "every example exactly once"
+    not_full = 0
+    for group, (s, t), rows in groups:
+        longest = [max(len(e[side]) for e in group) for side in (0, 1)]
+        assert (s, t) == tuple(min(min(x for x in lengths if x >= n), m)
+                               for n, m in zip(longest, max_lengths, strict=True))
+        assert rows * max(s, t) <= 240 and 1 <= len(group) <= rows
+        classes = {min(x for x in lengths if x >= max(len(e[0]), len(e[1]))) for e in group}
+        # Rows of the class the batch was cut in: its examples' own, or a larger one they moved
+        # up into.
+        assert rows in {table[x] for x in lengths if x >= max(classes)}
+        not_full += len(group) < rows
+    assert not_full <= 1, "only the window's last batch may have empty rows"
+
+
+def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
+    config = make_config(tfds_dir, batching="bucket", tokens_per_batch=320,
+                         max_source_length=40, max_target_length=40)
+    boundaries = config_lib.length_classes(config)
+    assert boundaries == (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)  # Four per octave.
+    table = batching.token_budget_rows(boundaries, 320, max_rows=ROWS * 2, multiple=2)
+    texts = data.load_texts(config, "train")
+    kwargs = dict(batch_size=ROWS, seed=3, row_multiple=2)
+    per_host = []
+    for p in range(2):
+        it = data.make_train_iterator(config, tok, tok, num_epochs=1, process_index=p,
+                                      process_count=2, **kwargs)
+        per_host.append(list(it))
+    assert len(per_host[0]) == len(per_host[1])
+    seen = collections.Counter()
+    for b0, b1 in zip(*per_host, strict=True):
+        for key in data.BATCH_KEYS:
+            assert b0[key].shape == b1[key].shape, "hosts must agree on every shape"
+        rows = 2 * b0["inputs"].shape[0]
+        length = max(b0["inputs"].shape[1], b0["targets"].shape[1])
+        assert rows in table.values() and rows <= table[length]
+        for b in (b0, b1):
+            pairs = [(tok.decode(s[0]), tok.decode(t[0])) for s, t in zip(
+                row_examples(b, "inputs", tok.eos_id), row_examples(b, "targets", tok.eos_id),
+                strict=True) if s]
+            seen.update(pairs)
+    assert seen == collections.Counter(texts)
+    # Exact resume from a state in the middle of a window (single host).
+    reference_it = data.make_train_iterator(config, tok, tok, **kwargs)
+    reference = take(reference_it, 12)
+    it = data.make_train_iterator(config, tok, tok, **kwargs)
+    take(it, 5)
+    resumed = data.make_train_iterator(config, tok, tok, **kwargs)
+    resumed.set_state(it.get_state())
+    assert_same_batches(take(resumed, 7), reference[5:])
+
+
+def test_token_budget_padding_below_fixed_rows(tfds_dir, tok):
+    """Token budgets pad less than fixed rows bucketed the old way (target positions)."""
+    def padding(**overrides):
+        config = make_config(tfds_dir, batching="bucket", max_source_length=40,
+                             max_target_length=40, bucket_window_batches=8, **overrides)
+        batches = list(data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=0,
+                                                num_epochs=1))
+        real = sum(int((b["targets"] != 0).sum()) for b in batches)
+        return 1 - real / sum(b["targets"].size for b in batches)
+
+    assert padding(tokens_per_batch=320) < padding()
+
+
+def test_token_budget_config_errors(tfds_dir):
+    with pytest.raises(ValueError, match="tokens_per_batch=64 needs batching='bucket'"):
+        config_lib.validate_data_config(make_config(tfds_dir, batching="pad",
+                                                    tokens_per_batch=64))
+    with pytest.raises(ValueError, match="tokens_per_batch must be an int >= 0"):
+        config_lib.validate_data_config(make_config(tfds_dir, tokens_per_batch=-1))

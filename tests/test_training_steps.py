@@ -174,3 +174,15 @@ def test_token_accuracy_takes_the_first_of_tied_maxima():
     assert float(m["accuracy"][0]) == 0.0
     m = steps.token_metrics(logits, jnp.asarray([[1, 1]]), 0.0)
     assert float(m["accuracy"][0]) == 1.0
+
+
+def test_train_step_logs_real_target_tokens_and_padding():
+    state = make_state()
+    batch = make_batch(2)
+    _, metrics = jax.jit(steps.train_step)(state, batch)
+    real = int(np.sum(np.asarray(batch["targets"]) != 0))
+    positions = np.asarray(batch["targets"]).size
+    assert 0 < real < positions, "the test batch must hold padding"
+    summary = steps.summarize(jax.device_get(metrics), prefix="train_")
+    assert summary["train_target_tokens"] == real
+    np.testing.assert_allclose(summary["train_padding"], 1 - real / positions, rtol=1e-6)

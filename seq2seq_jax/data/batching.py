@@ -178,3 +178,81 @@ def bucket_groups(
         )
         groups.append((group, lengths))
     return [groups[i] for i in rng.permutation(len(groups))]
+
+
+def token_budget_rows(
+    lengths: Sequence[int], tokens_per_batch: int, max_rows: int, multiple: int
+) -> dict[int, int]:
+    """The fixed rows table of token-budget batches: one global rows value per length class.
+
+    Args:
+        lengths: The ascending length classes L (padded lengths, EOS included).
+        tokens_per_batch: The global budget: rows x L <= tokens_per_batch.
+        max_rows: At most this many rows (`batch_size`).
+        multiple: Rows are a multiple of this (the data-parallel device count).
+
+    Returns:
+        {L: rows}, each rows the largest multiple of `multiple` <= min(max_rows, budget // L).
+
+    Raises:
+        ValueError: the budget holds fewer than `multiple` rows of some length class.
+    """
+    table = {}
+    for length in lengths:
+        rows = min(max_rows, tokens_per_batch // length)
+        rows -= rows % multiple
+        if rows < multiple:
+            raise ValueError(
+                f"config.data.tokens_per_batch={tokens_per_batch} holds fewer than {multiple} "
+                f"rows (the device count) of length {length}; raise it to at least "
+                f"{multiple * length} or lower the max lengths"
+            )
+        table[int(length)] = int(rows)
+    return table
+
+
+def token_budget_groups(
+    examples: Sequence[Example],
+    rows_by_length: dict[int, int],
+    max_lengths: tuple[int, int],
+    rng: np.random.Generator,
+) -> list[tuple[list[Example], tuple[int, int], int]]:
+    """Cuts a window of examples into token-budget batches of one length class each.
+
+    An example's class is the smallest L of `rows_by_length` with max(source, target length)
+    <= L. A batch pads each side to the smallest class length that holds the side's longest
+    example (capped at the side's max length), so both are <= L and a short side (a summary's
+    target) is not padded to the long one. Classes are filled in ascending order and the
+    examples left over from one class (fewer than its rows) move up into the next, so only the
+    last batch of the window has empty rows. The batch order is shuffled with `rng`.
+
+    Args:
+        examples: The window.
+        rows_by_length: `token_budget_rows(...)`: {L: global rows}.
+        max_lengths: (max source length, max target length).
+        rng: Orders the batches.
+
+    Returns:
+        (examples, (S, T), global rows) per batch; len(examples) <= rows.
+    """
+    classes = sorted(rows_by_length)
+
+    def length_class(e: Example) -> int:
+        return bisect.bisect_left(classes, max(len(e[0]), len(e[1])))
+
+    by_class: list[list[Example]] = [[] for _ in classes]
+    keyed = sorted((length_class(e), len(e[0]) + len(e[1]), i) for i, e in enumerate(examples))
+    for c, _, i in keyed:
+        by_class[c].append(examples[i])
+    groups, pending = [], []
+    for c, length in enumerate(classes):
+        pending += by_class[c]
+        rows = rows_by_length[length]
+        last = c == len(classes) - 1
+        while len(pending) >= rows or (last and pending):
+            group, pending = pending[:rows], pending[rows:]
+            padded = tuple(
+                min(classes[bisect.bisect_left(classes, max(len(e[side]) for e in group))],
+                    max_lengths[side]) for side in (0, 1))
+            groups.append((group, padded, rows))
+    return [groups[i] for i in rng.permutation(len(groups))]

@@ -82,7 +82,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.max_target_length = 64
     c.overlength = "filter"  # 'filter' (drop, counted) or 'truncate' (cut, keep EOS; counted).
 
-    # --- Batching. Every batch has exactly `batch_size` rows.
+    # --- Batching. Every batch has exactly `batch_size` rows (token budgets: see below).
     # 'pad': every batch padded to exactly max_source_length x max_target_length (one shape);
     # 'bucket': examples of similar length batched together (sorted within a window of
     #   `bucket_window_batches` batches), lengths padded up to the next bucket boundary;
@@ -92,6 +92,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     # capped at its max length); () = automatic: 8, 16, 32, ... up to the max lengths.
     c.bucket_boundaries = ()
     c.bucket_window_batches = 32  # Bucketing sorts windows of this many batches by length.
+    # Token budgets ('bucket' only; 0 = off): a batch holds as many examples of one length class
+    # L (the bucket of max(source, target length)) as fit in rows x L <= tokens_per_batch, each
+    # side padded to its own bucket (<= L); rows are a multiple of the device count and at most
+    # `batch_size`, and come from a fixed table (one rows value per class), so the step
+    # functions compile a bounded number of times (once per shape, logged). Global (all hosts
+    # and devices together). Automatic boundaries are then finer:
+    # 4 per octave (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...).
+    c.tokens_per_batch = 0
 
     # --- Order.
     c.shuffle = True  # A fresh global permutation of the train split every epoch.
@@ -103,28 +111,45 @@ def default_data_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Length classes of Multi30k's token-budget batches: 8 per octave up to 64 (about 11% target
+# padding with SentencePiece 8k, against 49% for 64 rows padded to 32 or 64).
+MULTI30K_BOUNDARIES = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32, 36, 40,
+                       44, 48, 56)
+
+
+def default_multi30k_dir() -> str:
+    """$MULTI30K_DIR, else ../shared/data/multi30k next to the repository of this package."""
+    return os.environ.get("MULTI30K_DIR") or os.path.normpath(os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data",
+        "multi30k"))
+
+
 def multi30k_data_config(
-    data_dir: str,
+    data_dir: str | None = None,
     source_lang: str = "de",
     target_lang: str = "en",
+    tokens_per_batch: int = 2048,
 ) -> ml_collections.ConfigDict:
     """Returns a data config reading Multi30k task 1 through 'parallel_text' with SentencePiece.
 
     Args:
         data_dir: Folder holding `{train,val}.{en,de,fr}.gz` (the public repository
-            multi30k/dataset, data/task1/raw).
+            multi30k/dataset, data/task1/raw); None: `default_multi30k_dir()`.
         source_lang: One of 'en', 'de', 'fr'.
         target_lang: One of 'en', 'de', 'fr', different from `source_lang`.
+        tokens_per_batch: Global token budget of a batch (0: fixed rows).
 
     Returns:
         `default_data_config()` with the Multi30k train and validation files set (there is no
-        test split) and a joint 8000-piece SentencePiece vocabulary, lengths 64.
+        test split), a joint 8000-piece SentencePiece vocabulary, lengths 64, and length-bucketed
+        token-budget batches (`MULTI30K_BOUNDARIES`, windows of 64 batches).
     """
     for lang in (source_lang, target_lang):
         if lang not in MULTI30K_LANGUAGES:
             raise ValueError(f"Multi30k language {lang!r} unknown; known: {MULTI30K_LANGUAGES}")
     if source_lang == target_lang:
         raise ValueError(f"source_lang and target_lang are both {source_lang!r}")
+    data_dir = data_dir or default_multi30k_dir()
     c = default_data_config()
     c.name = "parallel_text"
     c.train_source = os.path.join(data_dir, f"train.{source_lang}.gz")
@@ -135,6 +160,10 @@ def multi30k_data_config(
     c.vocab_size = 8000
     c.max_source_length = 64
     c.max_target_length = 64
+    c.batching = "bucket"
+    c.bucket_boundaries = MULTI30K_BOUNDARIES
+    c.tokens_per_batch = tokens_per_batch
+    c.bucket_window_batches = 64
     return c
 
 
@@ -180,7 +209,20 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
                 f"config.data.date_languages has unknown language {lang!r}; "
                 f"known: {list(DATE_LANGUAGES)}"
             )
+    tokens = config.tokens_per_batch
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"config.data.tokens_per_batch must be an int >= 0, got {tokens!r}")
+    if tokens and config.batching != "bucket":
+        raise ValueError(
+            f"config.data.tokens_per_batch={tokens} needs batching='bucket', got "
+            f"{config.batching!r} (set tokens_per_batch=0 for fixed rows)"
+        )
     bucket_boundaries(config, config.max_source_length)  # Raises on a bad list.
+
+
+def length_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The length classes L of token-budget batches: the boundaries up to the longer max length."""
+    return bucket_boundaries(config, max(config.max_source_length, config.max_target_length))
 
 
 def date_languages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -192,7 +234,8 @@ def bucket_boundaries(config: ml_collections.ConfigDict, max_length: int) -> tup
     """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`.
 
     Args:
-        config: The data config (`bucket_boundaries`: ints, or () for 8, 16, 32, ...).
+        config: The data config (`bucket_boundaries`: ints, or () for automatic ones: 8, 16,
+            32, ..., or with `tokens_per_batch` four per octave: 8, 10, 12, 14, 16, 20, ...).
         max_length: The side's maximum length; it is always the last boundary.
 
     Returns:
@@ -207,8 +250,9 @@ def bucket_boundaries(config: ml_collections.ConfigDict, max_length: int) -> tup
             f"config.data.bucket_boundaries must be strictly increasing positive ints, got {given}"
         )
     if not given:
+        per_octave = 4 if config.get("tokens_per_batch", 0) else 1
         given, b = [], 8
         while b < max_length:
             given.append(b)
-            b *= 2
+            b += max(1, (1 << (b.bit_length() - 1)) // per_octave)  # 2^floor(log2 b) / n
     return tuple([b for b in given if b < max_length] + [max_length])

@@ -16,6 +16,12 @@ The iterator's state is a few integers (`position` in the stream, `batch_in_wind
 `examples_read`, `examples_overlength`, and the `rows` and `process_count` it was made with):
 restoring it rebuilds the window from the deterministic stream, so batch k+1 onwards come out
 exactly as they would have.
+
+Token budgets (`data.tokens_per_batch`, 'bucket' only): the window is cut by
+`batching.token_budget_groups` into batches of one length class L each, with the class's rows
+from a fixed table (`batching.token_budget_rows`: rows x L <= budget, a multiple of the device
+count, at most B * P), so each step function sees one shape per class; hosts agree on every
+shape as above, each keeping its rows / P.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class _Plan:
     seed: int
     split_size: int  # N
     name: str
+    # Token budgets ('bucket' with data.tokens_per_batch): {length class L: global rows}; empty
+    # when off. `rows` is then the largest rows value per host (batch_size / P).
+    rows_by_length: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def _make_plan(
@@ -62,6 +71,7 @@ def _make_plan(
     seed: int,
     split_size: int,
     name: str,
+    row_multiple: int = 1,
 ) -> _Plan:
     config_lib.validate_data_config(data_config)
     if batch_size <= 0:
@@ -69,6 +79,11 @@ def _make_plan(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
     lengths = (data_config.max_source_length, data_config.max_target_length)
+    rows_by_length = {}
+    if data_config.tokens_per_batch:
+        rows_by_length = batching.token_budget_rows(
+            config_lib.length_classes(data_config), data_config.tokens_per_batch,
+            max_rows=batch_size * process_count, multiple=math.lcm(row_multiple, process_count))
     return _Plan(
         mode=data_config.batching,
         rows=batch_size,
@@ -81,6 +96,7 @@ def _make_plan(
         seed=int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0]),
         split_size=split_size,
         name=name,
+        rows_by_length=rows_by_length,
     )
 
 
@@ -202,12 +218,17 @@ class _BatchIterator(grain.DatasetIterator):
             group_size = plan.rows * plan.process_count
             kept, end, overlength = self._take(start, plan.window_batches * group_size)
             rng = np.random.default_rng([plan.seed, start])
-            groups = batching.bucket_groups(kept, group_size, plan.boundaries, rng)
-            mine = slice(plan.process_index * plan.rows, (plan.process_index + 1) * plan.rows)
-            batches = [
-                batching.assemble([[e] for e in group[mine]], plan.rows, lengths)
-                for group, lengths in groups
-            ]
+            if plan.rows_by_length:
+                groups = batching.token_budget_groups(
+                    kept, plan.rows_by_length, plan.max_lengths, rng)
+            else:
+                groups = [(group, lengths, group_size) for group, lengths in
+                          batching.bucket_groups(kept, group_size, plan.boundaries, rng)]
+            batches = []
+            for group, lengths, global_rows in groups:
+                rows = global_rows // plan.process_count  # This host's rows of the batch.
+                mine = group[plan.process_index * rows : (plan.process_index + 1) * rows]
+                batches.append(batching.assemble([[e] for e in mine], rows, lengths))
         return _Window(batches, end, end - start, overlength)
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -314,6 +335,7 @@ def make_train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
+    row_multiple: int = 1,
 ) -> grain.IterDataset:
     """Returns the train `IterDataset` (see `make_train_iterator`, which iterates it)."""
     split = data_config.train_split
@@ -328,6 +350,7 @@ def make_train_dataset(
         seed,
         len(text_source),
         f"{data_config.name}:{split}",
+        row_multiple,
     )
     if len(text_source) < batch_size * process_count:
         raise ValueError(
@@ -366,6 +389,7 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
+    row_multiple: int = 1,
 ) -> grain.DatasetIterator:
     """Returns the deterministic, checkpointable iterator of train batches of this host.
 
@@ -373,12 +397,15 @@ def make_train_iterator(
         data_config: `config.data`.
         source_tokenizer: Tokenizer of the source side.
         target_tokenizer: Tokenizer of the target side.
-        batch_size: Rows of every batch on this host (B).
+        batch_size: Rows of every batch on this host (B); with `data.tokens_per_batch`, the
+            most rows a batch may have.
         seed: Shuffle seed (`data_config.shuffle_seed` overrides it when set).
         process_index: This host's index (`jax.process_index()`).
         process_count: Number of hosts (`jax.process_count()`).
         num_epochs: None repeats forever; else stops after that many passes (the last batch
             padded with all-zero rows).
+        row_multiple: With token budgets, global rows are a multiple of this (the
+            data-parallel device count).
 
     Returns:
         A `grain.DatasetIterator` of batch dicts (int32 numpy, B rows); `get_state()` /
@@ -397,6 +424,7 @@ def make_train_iterator(
         process_index=process_index,
         process_count=process_count,
         num_epochs=num_epochs,
+        row_multiple=row_multiple,
     )
     return iter(dataset)
 

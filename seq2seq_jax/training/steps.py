@@ -109,7 +109,9 @@ def train_step(
 
     Returns:
       `(new_state, metrics)`; metrics are global (summed over devices) `(sum, weight)` pairs:
-      loss, nll, accuracy, grad_norm (of the gradient before clipping), nonfinite_skipped.
+      loss, nll, accuracy, grad_norm (of the gradient before clipping), nonfinite_skipped,
+      target_tokens (real target tokens of the step) and padding (fraction of the batch's
+      target positions that are padding).
     """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # Different masks per device, as a global batch would have.
@@ -131,6 +133,11 @@ def train_step(
     grads = jax.tree.map(lambda g: g / jnp.maximum(num_tokens, 1.0), grads)
     new_state = state.apply_gradients(grads)
     one = jnp.ones((), jnp.float32)
+    positions = jnp.asarray(batch["targets"].size, jnp.float32)  # B x T target positions
+    if axis_name is not None:
+        positions = jax.lax.psum(positions, axis_name)
+    metrics["target_tokens"] = (num_tokens, one)  # Logged as real target tokens per step.
+    metrics["padding"] = (positions - num_tokens, positions)  # Fraction of padded positions.
     metrics["grad_norm"] = (optax.tree.norm(grads), one)
     skipped = last_update_skipped(new_state.opt_state).astype(jnp.float32)
     metrics["nonfinite_skipped"] = (skipped, one)  # Logged as the fraction of skipped steps.
