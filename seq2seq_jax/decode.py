@@ -19,9 +19,12 @@ from seq2seq_jax.inference import run
 
 F = flags
 F.DEFINE_string("workdir", None, "Training workdir (config.json, tokenizer/, checkpoints/).")
-F.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Latest step, or best by the run's "
-              "config.checkpoint.best_metric.")
+F.DEFINE_enum("checkpoint", "latest", ["latest", "best", "averaged"], "Latest step, best by "
+              "the run's config.checkpoint.best_metric, or the average saved by training with "
+              "config.checkpoint.average_last.")
 F.DEFINE_integer("checkpoint_step", None, "Restore this step instead of the latest.")
+F.DEFINE_integer("average_checkpoints", 0, "Decode with the mean of the parameters of the last "
+                 "N kept checkpoints (0 = off).")
 F.DEFINE_string("input", None, "Input file, one sentence a line (default: stdin).")
 F.DEFINE_string("output", None, "Output file (default: stdout).")
 F.DEFINE_string("reference", None, "Reference file: report sacreBLEU BLEU/chrF to stderr.")

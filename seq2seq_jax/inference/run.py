@@ -38,6 +38,7 @@ class DecodeOptions:
     workdir: str
     checkpoint: str = "latest"
     checkpoint_step: int | None = None
+    average_checkpoints: int = 0
     input: str | None = None  # None or "-": stdin.
     output: str | None = None  # None or "-": stdout.
     reference: str | None = None
@@ -236,7 +237,8 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
         raise ValueError(f"--reference {options.reference} has {len(references)} lines but the "
                          f"input has {len(sources)}")
     restored = restore_from_workdir(options.workdir, checkpoint=options.checkpoint,
-                                    step=options.checkpoint_step, dtype=options.dtype)
+                                    step=options.checkpoint_step, dtype=options.dtype,
+                                    average=options.average_checkpoints)
     search = search_config(options, restored)
     limit = max_source_length(options, restored)
     translator = BatchTranslator(
@@ -250,6 +252,7 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
     hypotheses = [t.text for t in translations]
     write_lines(options.output, hypotheses)
     summary = _report(translator.stats, search, restored)
+    summary.update(checkpoint=options.checkpoint, average_checkpoints=options.average_checkpoints)
     if references is not None and sources:
         summary.update(score(hypotheses, references))
         _print_scores(summary)

@@ -25,6 +25,7 @@ from seq2seq_jax.training import checkpoint as ckpt_lib
 from seq2seq_jax.training import experiment
 
 PyTree = Any
+CHECKPOINT_CHOICES = ("latest", "best", "averaged")
 METRICS_ITEM = "metrics"  # Orbax CheckpointManager's metrics item: <step>/metrics/metrics (JSON).
 
 
@@ -90,8 +91,11 @@ def choose_step(workdir: Path, config: ml_collections.ConfigDict, checkpoint: st
     Raises:
       ValueError: unknown `checkpoint`, both a step and 'best', or 'best' without a tracked metric.
     """
-    if checkpoint not in ("latest", "best"):
-        raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"--checkpoint must be one of {list(CHECKPOINT_CHOICES)}, got "
+                         f"{checkpoint!r}")
+    if checkpoint == "averaged":
+        raise ValueError("choose_step: the averaged checkpoint has no step of its own here")
     if step is not None:
         if checkpoint == "best":
             raise ValueError("give either --checkpoint=best or --checkpoint_step, not both")
@@ -121,14 +125,34 @@ def _abstract_params(model: nn.Module) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
 
 
+def _locate(path: Path, config: ml_collections.ConfigDict, checkpoint: str, step: int | None,
+            average: int) -> tuple[ckpt_lib.CheckpointLocation, list[Path]]:
+    """The checkpoint to restore and the step directories to average (empty: none)."""
+    if average < 0:
+        raise ValueError(f"--average_checkpoints must be >= 0, got {average}")
+    if average and (checkpoint != "latest" or step is not None):
+        raise ValueError("--average_checkpoints averages the last kept checkpoints: give it "
+                         "without --checkpoint=best/averaged and --checkpoint_step")
+    if checkpoint == "averaged":
+        if step is not None:
+            raise ValueError("give either --checkpoint=averaged or --checkpoint_step, not both")
+        return ckpt_lib.resolve_checkpoint(ckpt_lib.averaged_step_dir(path)), []
+    location = ckpt_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
+    return location, ckpt_lib.last_step_dirs(path, average) if average else []
+
+
 def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "latest",
-                         step: int | None = None, dtype: str | None = None) -> RestoredModel:
+                         step: int | None = None, dtype: str | None = None,
+                         average: int = 0) -> RestoredModel:
     """Loads config, tokenizers and a checkpoint's parameters from a training workdir.
 
     Args:
       workdir: the training run's directory.
-      checkpoint: 'latest' or 'best' (by the run's `config.checkpoint.best_metric`).
+      checkpoint: 'latest', 'best' (by the run's `config.checkpoint.best_metric`) or
+        'averaged' (`WORKDIR/averaged/`, saved with `config.checkpoint.average_last`).
       step: restore this step instead (with `checkpoint='latest'`).
+      average: if > 0, the mean of the parameters of the last `average` kept checkpoints
+        (`step` is then the latest of them).
       dtype: run the model in this dtype (parameters cast once after the restore, see
         `models.with_dtype`); None keeps the run's `model.dtype` / `model.param_dtype`.
 
@@ -146,9 +170,13 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
     config = experiment.load_config(path)
     tokenizer_dir = path / ckpt_lib.TOKENIZER_DIRNAME
     source_tok, target_tok = data_lib.load_tokenizers(str(tokenizer_dir))
-    location = ckpt_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
+    location, averaged = _locate(path, config, checkpoint, step, average)
     model_config, model = _build_model(config, source_tok, target_tok)
-    params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
+    if averaged:
+        params = ckpt_lib.average_params(averaged, _abstract_params(model))
+        location = ckpt_lib.resolve_checkpoint(averaged[-1])
+    else:
+        params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
     if dtype is not None:
         model_config, params = models.with_dtype(model_config, params, dtype)
         model = models.build_model(model_config)

@@ -12,6 +12,8 @@ WORKDIR/
     <step>/data/               Grain iterator state, one JSON file per process
     <step>/metrics/            metrics given to `save` (only when a best metric is tracked)
   checkpoints.incomplete/      step directories set aside because they were never committed
+  averaged/<step>/state/       {params}: the mean of the last N checkpoints (AVERAGED_DIRNAME,
+                               written by the final evaluation with checkpoint.average_last=N)
 ```
 
 A step directory is complete when Orbax committed it (`commit_success.txt`, written last, before
@@ -52,6 +54,7 @@ TOKENIZER_DIRNAME = "tokenizer"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 COMMIT_MARKER = "commit_success.txt"
+AVERAGED_DIRNAME = "averaged"
 
 log = logging.getLogger(__name__)
 
@@ -651,3 +654,78 @@ def _merge_grown(restored: PyTree, fresh: PyTree, growth: Mapping[str, int],
         return merged
 
     return jax.tree_util.tree_map_with_path(merge, restored, fresh)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint averaging.
+
+
+def average_params(step_dirs: Collection[os.PathLike | str], target_params: PyTree) -> PyTree:
+    """The element-wise mean of the parameters of several checkpoint steps.
+
+    Args:
+      step_dirs: step directories (e.g. the last N of `complete_steps`), at least one.
+      target_params: concrete or abstract parameters giving tree, shapes, dtypes, shardings.
+
+    Returns:
+      A tree like `target_params`: the mean (accumulated in float32, cast back to each leaf's
+      dtype).
+
+    Raises:
+      ValueError: no step directory, or one whose parameters do not match (named).
+    """
+    step_dirs = [Path(d) for d in step_dirs]
+    if not step_dirs:
+        raise ValueError("average_params needs at least one checkpoint step directory")
+    total = None
+    for step_dir in step_dirs:
+        params = restore_params(step_dir, target_params)
+        params32 = jax.tree.map(lambda x: x.astype(np.float32), params)
+        total = params32 if total is None else jax.tree.map(np.add, total, params32)
+    dtypes = jax.tree.map(lambda x: x.dtype, abstract_tree(target_params))
+    return jax.tree.map(lambda x, d: (x / len(step_dirs)).astype(d), total, dtypes)
+
+
+def last_step_dirs(workdir: os.PathLike | str, n: int) -> list[Path]:
+    """The step directories of the last `n` complete checkpoints of a workdir, ascending.
+
+    Raises:
+      FileNotFoundError: the workdir holds no complete checkpoint.
+      ValueError: `n` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"the number of checkpoints to average must be >= 1, got {n}")
+    checkpoints_dir = resolve_checkpoint(workdir).step_dir.parent  # Raises if there is none.
+    return [checkpoints_dir / str(s) for s in complete_steps(checkpoints_dir)[-n:]]
+
+
+def save_averaged(workdir: os.PathLike | str, step: int, params: PyTree) -> Path:
+    """Saves averaged parameters as `WORKDIR/averaged/<step>` (replacing older averages).
+
+    Returns:
+      The committed step directory (readable by `restore_params`).
+    """
+    directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           enable_async_checkpointing=False)
+    with ocp.CheckpointManager(directory, options=options,
+                               item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler()}) as m:
+        m.save(step, args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardSave({"params": params})}), force=True)
+        m.wait_until_finished()
+    return directory / str(step)
+
+
+def averaged_step_dir(workdir: os.PathLike | str) -> Path:
+    """The latest `WORKDIR/averaged/<step>` directory.
+
+    Raises:
+      FileNotFoundError: the run saved no average (naming the directory).
+    """
+    directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
+    steps = complete_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no averaged checkpoint in {directory} (train with "
+                                "config.checkpoint.average_last=N, or decode with "
+                                "--average_checkpoints=N)")
+    return directory / str(steps[-1])
