@@ -10,6 +10,7 @@ Sections: `model` (seq2seq_jax.models), `data` (seq2seq_jax.data), `optimizer`
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     # Split fully decoded (all examples) once training ends, logged as `<split>_<metric>`
     # ("" = none). Generated tasks report their test split here.
     c.final_split = ""
+    # Stop training after this many evaluations without a new best checkpoint.best_metric
+    # (0 = never); then checkpoint and run the final evaluation.
+    c.early_stopping_patience = 0
     return c
 
 
@@ -56,6 +60,10 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     # Fine-tuning with init_checkpoint: grow embedding/output rows to a larger vocabulary
     # (old rows kept, new rows freshly initialised) instead of failing on the shape mismatch.
     c.extend_vocab = False
+    # The final evaluation scores the mean of the parameters of the last N kept checkpoints
+    # (metrics `averaged_<split>_<metric>`) and saves it as WORKDIR/averaged/<step>
+    # (`decode --checkpoint=averaged`); 0 = off. Needs max_to_keep >= N.
+    c.average_last = 0
     return c
 
 
@@ -68,6 +76,9 @@ def base_config(model: str = "rnnsearch") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.num_train_steps = 1000
+    # Wall-clock training budget in minutes (0 = none), summed over resumed runs and without
+    # evaluation time: when it is spent, training checkpoints and runs the final evaluation.
+    c.max_train_minutes = 0.0
     c.batch_size = 64  # Global rows per step (all hosts and devices together).
     c.label_smoothing = 0.1
     c.log_every_steps = 50
@@ -85,6 +96,21 @@ def base_config(model: str = "rnnsearch") -> ml_collections.ConfigDict:
     c.checkpoint = default_checkpoint_config()
     c.distributed = default_distributed_config()
     return c
+
+
+def split_config_arg(arg: str | None, variants: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """Splits a config file's argument '[VARIANT][:REST]' (`--config=file.py:fast:/data`).
+
+    Returns:
+      (the variant or None, the rest or None): 'fast' -> ('fast', None), 'fast:/d' ->
+      ('fast', '/d'), '/d' -> (None, '/d').
+    """
+    if not arg:
+        return None, None
+    head, _, rest = arg.partition(":")
+    if head in variants:
+        return head, rest or None
+    return None, arg
 
 
 def _choice(name: str, value: Any, known: tuple[str, ...]) -> None:
@@ -127,6 +153,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.eval.beam_size < 1:
         raise ValueError(f"config.eval.beam_size must be >= 1, got {config.eval.beam_size}")
+    minutes = config.max_train_minutes
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not (
+            math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(f"config.max_train_minutes must be a finite number >= 0, got {minutes!r}")
+    for key, value in (("eval.early_stopping_patience", config.eval.early_stopping_patience),
+                       ("checkpoint.average_last", config.checkpoint.average_last)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.{key} must be an int >= 0, got {value!r}")
+    if config.eval.early_stopping_patience and not config.checkpoint.best_metric:
+        raise ValueError("config.eval.early_stopping_patience needs config.checkpoint.best_metric "
+                         "(the metric whose new best resets the patience)")
+    if config.eval.early_stopping_patience and not config.eval_every_steps:
+        raise ValueError("config.eval.early_stopping_patience needs config.eval_every_steps > 0")
+    average = config.checkpoint.average_last
+    if average and (not config.checkpoint.enabled or config.checkpoint.max_to_keep < average):
+        raise ValueError(f"config.checkpoint.average_last={average} needs checkpoints enabled and "
+                         f"config.checkpoint.max_to_keep >= {average} (got "
+                         f"{config.checkpoint.max_to_keep})")
+    if average and not config.eval.final_split:
+        raise ValueError("config.checkpoint.average_last needs config.eval.final_split (the split "
+                         "the average is scored on)")
 
 
 def prepare_workdir(workdir: str) -> Path:

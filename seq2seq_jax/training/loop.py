@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -87,7 +88,8 @@ def _build(config: ml_collections.ConfigDict, workdir: Path) -> Experiment:
                                                   label_smoothing=config.label_smoothing)
     train_iter = data_lib.make_train_iterator(
         config.data, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        row_multiple=jax.device_count())
     decode_model = models.build_model(model_config.replace(deterministic=True))
     decode_fn = decode_eval.make_decode_fn(
         decode_model, bos_id=target_tok.bos_id, eos_id=target_tok.eos_id,
@@ -145,9 +147,9 @@ def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, float]
     return steps.summarize(total, prefix="eval_") if total else {}
 
 
-def decode_and_score(exp: Experiment, state: TrainState, split: str, max_examples: int,
+def decode_and_score(exp: Experiment, params: Any, split: str, max_examples: int,
                      prefix: str) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Decodes the first `max_examples` (0 = all) of `split` and scores them.
+    """Decodes the first `max_examples` (0 = all) of `split` with `params` and scores them.
 
     Returns:
       `({prefix + metric: value}, [(source, reference, hypothesis), ...])`.
@@ -156,7 +158,6 @@ def decode_and_score(exp: Experiment, state: TrainState, split: str, max_example
     if c.eval.task_metric == "none":
         return {}, []
     pairs = data_lib.load_texts(c.data, split, max_examples or None)
-    params = trainer.host_params(state, exp.placement)
     hyps = decode_eval.decode_texts(
         exp.decode_fn, params, [s for s, _ in pairs], source_tokenizer=exp.source_tokenizer,
         target_tokenizer=exp.target_tokenizer, max_source_length=c.data.max_source_length,
@@ -261,7 +262,8 @@ def _train_summary(exp: Experiment, state: TrainState, window: dict, seconds: fl
 def _run_eval(exp: Experiment, state: TrainState, step: int, writer: MetricsWriter) -> dict:
     c = exp.config
     metrics = evaluate(exp, state, c.eval.split)
-    task, examples = decode_and_score(exp, state, c.eval.split, c.eval.decode_examples, "eval_")
+    task, examples = decode_and_score(exp, trainer.host_params(state, exp.placement),
+                                      c.eval.split, c.eval.decode_examples, "eval_")
     metrics.update(task)
     writer.write(step, metrics)
     for source, reference, hypothesis in examples[:3]:
@@ -278,47 +280,139 @@ def _is_due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+class StopRules:
+    """The time budget (`max_train_minutes`) and early stopping, carried across resumed runs.
+
+    Training time (evaluations excluded) is logged as `train_minutes` with every train summary;
+    a resumed run continues from the last logged value, and the best `checkpoint.best_metric`
+    and the evaluations since it are recomputed from `metrics.jsonl`.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, history: list[dict[str, Any]]):
+        self.budget_seconds = float(config.max_train_minutes) * 60.0
+        self.patience = int(config.eval.early_stopping_patience)
+        self.metric = config.checkpoint.best_metric
+        self.sign = 1.0 if config.checkpoint.best_mode == "max" else -1.0
+        minutes = [r["train_minutes"] for r in history if "train_minutes" in r]
+        self.previous_seconds = 60.0 * float(minutes[-1]) if minutes else 0.0
+        self.best, self.since_best = -math.inf, 0
+        for record in history:
+            self.update(record)
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        """Counts an evaluation's `best_metric` (NaN never counts as a new best)."""
+        if not self.metric or self.metric not in metrics:
+            return
+        score = self.sign * float(metrics[self.metric])
+        if math.isfinite(score) and score > self.best:
+            self.best, self.since_best = score, 0
+        else:
+            self.since_best += 1
+
+    def budget_spent(self, seconds: float) -> bool:
+        """Whether `seconds` of training in this run spend the budget (process 0 decides: the
+        clocks of hosts differ)."""
+        if not self.budget_seconds:
+            return False
+        spent = self.previous_seconds + seconds >= self.budget_seconds
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            spent = bool(multihost_utils.broadcast_one_to_all(np.asarray(spent, np.int32)))
+        return spent
+
+    def patience_spent(self) -> bool:
+        """Whether `patience` evaluations passed without a new best (the same on all hosts)."""
+        return bool(self.patience) and self.since_best >= self.patience
+
+
+def _log_new_shape(batch: dict[str, np.ndarray], seen: set) -> None:
+    shape = (batch["inputs"].shape, batch["targets"].shape)
+    if shape not in seen:
+        seen.add(shape)
+        log.info("train step: new batch shape inputs %s, targets %s (compiling; %d shapes so "
+                 "far)", *shape, len(seen))
+
+
 def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
-                preemption: Preemption) -> tuple[TrainState, int, bool]:
-    """Runs the steps from `state.step` to the end; returns (state, step reached, preempted)."""
+                preemption: Preemption, rules: StopRules) -> tuple[TrainState, int, bool]:
+    """Runs the steps from `state.step` to the end (or a stop rule); returns
+    (state, step reached, preempted)."""
     c = exp.config
     step = start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
-    pending, tick = [], time.perf_counter()
+    pending, tick, seen = [], time.perf_counter(), set()
+    began = tick  # Training time of this run = now - began - evaluation time.
+    if step < c.num_train_steps and rules.budget_spent(0.0):
+        log.info("step %d | max_train_minutes=%g already spent by the earlier runs", step,
+                 c.max_train_minutes)
+        return state, step, False
     with _progress(exp, start) as bar:
         while step < c.num_train_steps:
-            batch = trainer.put_batch(next(exp.train_iter), exp.placement)
-            state, metrics = exp.train_step(state, batch)
+            host_batch = next(exp.train_iter)
+            _log_new_shape(host_batch, seen)
+            state, metrics = exp.train_step(state, trainer.put_batch(host_batch, exp.placement))
             step += 1
             pending.append(metrics)
             bar.update(1)
-            if _is_due(step, c.log_every_steps, c.num_train_steps):
+            stop = rules.budget_spent(time.perf_counter() - began)
+            last = step == c.num_train_steps or stop
+            if last or _is_due(step, c.log_every_steps, c.num_train_steps):
                 window = None
                 for m in pending:
                     window = steps.accumulate(window, trainer.metrics_to_host(m, exp.placement))
                 summary = _train_summary(exp, state, window, time.perf_counter() - tick, step)
+                summary["train_minutes"] = (rules.previous_seconds
+                                            + time.perf_counter() - began) / 60.0
                 writer.write(step, summary)
                 bar.set_postfix(loss=f"{summary['train_loss']:.3f}",
                                 tok_s=f"{summary['train_tokens_per_second']:.0f}")
                 pending, tick = [], time.perf_counter()
             eval_metrics = None
-            if _is_due(step, c.eval_every_steps, c.num_train_steps):
+            if last or _is_due(step, c.eval_every_steps, c.num_train_steps):
                 started = time.perf_counter()
                 eval_metrics = _run_eval(exp, state, step, writer)
-                tick += time.perf_counter() - started  # Evaluation is not training throughput.
+                rules.update(eval_metrics)
+                evaluation = time.perf_counter() - started  # Not training time.
+                tick, began = tick + evaluation, began + evaluation
+                if rules.patience_spent():
+                    log.info("step %d | early stopping: %d evaluations without a new best %s",
+                             step, rules.since_best, rules.metric)
+                    stop = True
             if preemption.requested():
                 _save(ckpt, exp, step, state, eval_metrics, force=True)
                 return state, step, True
-            _save(ckpt, exp, step, state, eval_metrics, force=step == c.num_train_steps)
+            _save(ckpt, exp, step, state, eval_metrics, force=last or stop)
+            if stop:
+                log.info("step %d | training stopped (max_train_minutes=%g, early stopping "
+                         "patience=%d)", step, c.max_train_minutes, rules.patience)
+                break
     return state, step, False
 
 
-def _final_evaluation(exp: Experiment, state: TrainState, step: int,
-                      writer: MetricsWriter) -> dict[str, float]:
-    """Decodes all of `eval.final_split` (e.g. the test split) once training has ended."""
+def _final_evaluation(exp: Experiment, state: TrainState, step: int, writer: MetricsWriter,
+                      ckpt) -> dict[str, float]:
+    """Decodes all of `eval.final_split` (e.g. the test split) once training has ended.
+
+    With `checkpoint.average_last=N` it also scores the mean of the last N kept checkpoints
+    (`averaged_<split>_<metric>`) and saves that mean as `WORKDIR/averaged/<step>`.
+    """
     split = exp.config.eval.final_split
     if not split:
         return {}
-    metrics, _ = decode_and_score(exp, state, split, 0, f"{split}_")
+    params = trainer.host_params(state, exp.placement)
+    metrics, _ = decode_and_score(exp, params, split, 0, f"{split}_")
+    average = int(exp.config.checkpoint.average_last)
+    if average and ckpt is not None:
+        from seq2seq_jax.training import checkpoint
+        ckpt.wait()  # The final save must be committed before it is averaged.
+        step_dirs = checkpoint.last_step_dirs(exp.workdir, average)
+        params = checkpoint.average_params(step_dirs, params)
+        scores, _ = decode_and_score(exp, params, split, 0, f"averaged_{split}_")
+        metrics.update(scores)
+        metrics["averaged_checkpoints"] = len(step_dirs)
+        if jax.process_index() == 0:
+            path = checkpoint.save_averaged(exp.workdir, step, params)
+            log.info("final | saved the mean of steps %s as %s",
+                     [int(d.name) for d in step_dirs], path)
     writer.write(step, metrics)
     log.info("final | %s", _fmt(metrics))
     return metrics
@@ -367,11 +461,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         exp.state = None  # The loop owns (and donates) the state from here on.
         start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
         writer.drop_after(start)
-        state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption)
-        final = {} if preempted else _final_evaluation(exp, state, step, writer)
+        rules = StopRules(exp.config, _history(writer.path))
+        state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption, rules)
+        final = {} if preempted else _final_evaluation(exp, state, step, writer, ckpt)
     if is_main and writer.path.exists():
         plot_learning_curves(writer.path, exp.workdir / CURVES_FILENAME)
     return {**_last_values(writer.path), **final, "step": step, "preempted": preempted}
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl` (empty when absent or off process 0)."""
+    if not path.exists():
+        return []
+    from seq2seq_jax.training.metrics_writer import read_metrics
+    return list(read_metrics(path))
 
 
 def _last_values(path: Path) -> dict[str, float]:
