@@ -1,62 +1,71 @@
 """RNNsearch (DESIGN.md section 4 reference sizes) on Multi30k task 1, German -> English.
 
-Command (CPU or accelerator; Multi30k from the public repository multi30k/dataset,
-data/task1/raw, as `{train,val}.{de,en}.gz` in DIR):
+Commands (Multi30k from the public repository multi30k/dataset, data/task1/raw, as
+`{train,val}.{de,en}.gz` in DIR; DIR defaults to ../shared/data/multi30k next to this
+repository, or $MULTI30K_DIR):
 
-    python -m seq2seq_jax.train --config=configs/multi30k_rnnsearch.py[:DIR] --workdir=/tmp/m30k_rnn
+    python -m seq2seq_jax.train --config=configs/multi30k_rnnsearch.py[:DIR] --workdir=W
+    python -m seq2seq_jax.train --config=configs/multi30k_rnnsearch.py:fast[:DIR] --workdir=W
 
-DIR defaults to ../shared/data/multi30k next to this repository, or $MULTI30K_DIR.
-Sizes: joint SentencePiece vocabulary of 8000, embedding 256, bidirectional GRU 2x256, decoder
-GRU 512, additive attention 512, batch 64, Adam 1e-3, clipping 1.0 (the PyTorch peer's setup in
-shared/bench/torch_rnnsearch.py). There is no test split here: the validation split is scored
-(sacreBLEU and chrF of greedy decoding of 256 sentences every eval, all 1,014 at the end).
-Expected: the full 6000 steps take about 2 hours on this project's 2-core CPU (unmeasured to the
-end; minutes on one GPU). Measured (2026-11-29, quiet 2-core CPU): with
-`--config.num_train_steps=900 --config.eval_every_steps=0`, 19 min wall, validation sacreBLEU
-16.2 and chrF 34.9 on all 1,014 sentences (greedy), train loss 2.48. The PyTorch peer's budget
-(shared/bench/torch_multi30k.py) is the reference point.
+Model: joint SentencePiece vocabulary of 8000, embedding 256, bidirectional GRU 2x256, decoder
+GRU 512, additive attention 512 (the PyTorch peer shared/bench/torch_multi30k.py), with
+PyTorch's initialisation (`model.init_scheme='torch'`).
+Batches: token budgets of 2048 tokens (`data.tokens_per_batch`, length classes 8 per octave),
+Adam 1e-3, clipping 1.0, label smoothing 0.1; the final evaluation decodes all 1,014
+validation sentences (there is no test split here) and scores the mean of the last
+checkpoints (`checkpoint.average_last`).
+
+- `:fast`: 30 minutes of training (`max_train_minutes=30`), the peer's budget: no dropout,
+  constant learning rate, a checkpoint every 150 steps, the last 5 averaged.
+- full: dropout 0.2, warmup + cosine decay over 12,000 steps, evaluation every 1,000 steps,
+  early stopping after 4 evaluations without a new best validation BLEU.
+
+Expected: the measured figures are in the README's Multi30k table (commands and sitting there).
 """
-
-import os
-from pathlib import Path
 
 import ml_collections
 
 from seq2seq_jax.data.config import multi30k_data_config
 from seq2seq_jax.models.config import default_model_config
-from seq2seq_jax.training.experiment import base_config
+from seq2seq_jax.training.experiment import base_config, split_config_arg
 
 
-def default_multi30k_dir() -> str:
-    """$MULTI30K_DIR, else ../shared/data/multi30k next to the repository."""
-    return os.environ.get("MULTI30K_DIR") or str(
-        (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve())
-
-
-def get_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
-    """The Multi30k de->en RNNsearch experiment reading Multi30k from `data_dir`."""
-    c = base_config("rnnsearch")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The experiment; `arg` is '[fast][:DIR]' (the variant, then the data directory)."""
+    variant, data_dir = split_config_arg(arg, ("fast",))
+    c = base_config("rnnsearch_reference")
     c.model = default_model_config("rnnsearch_reference")
-    c.model.dropout_rate = 0.2
-    c.data = multi30k_data_config(data_dir or default_multi30k_dir(), "de", "en")
-    c.data.batching = "bucket"
-    c.data.bucket_boundaries = (32,)  # Lengths 32 or 64: at most 4 shapes to compile per step fn.
-    c.num_train_steps = 6000
-    c.batch_size = 64
+    c.model.init_scheme = "torch"
+    c.data = multi30k_data_config(data_dir, "de", "en", tokens_per_batch=2048)
+    c.batch_size = 256  # The most rows a token-budget batch may have (windows of 16,384).
     c.label_smoothing = 0.1
     c.log_every_steps = 50
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 1000
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "warmup_cosine"
-    c.optimizer.warmup_steps = 200
-    c.optimizer.end_learning_rate_fraction = 0.1
     c.optimizer.grad_clip_norm = 1.0
+    c.eval.batch_size = 128
     c.eval.task_metric = "bleu"
     c.eval.decode_examples = 256
-    c.eval.decode_batch_size = 64
+    c.eval.decode_batch_size = 128
     c.eval.max_decode_length = 80
     c.eval.final_split = "validation"
     c.checkpoint.best_metric = "eval_bleu"
+    c.checkpoint.max_to_keep = 5
+    c.checkpoint.average_last = 5
+    if variant == "fast":
+        c.max_train_minutes = 30.0
+        c.num_train_steps = 100_000  # The time budget ends training.
+        c.model.dropout_rate = 0.0
+        c.optimizer.schedule = "constant"
+        c.eval_every_steps = 0
+        c.checkpoint_every_steps = 150
+    else:
+        c.num_train_steps = 12_000
+        c.model.dropout_rate = 0.2
+        c.optimizer.schedule = "warmup_cosine"
+        c.optimizer.warmup_steps = 200
+        c.optimizer.end_learning_rate_fraction = 0.1
+        c.eval_every_steps = 1000
+        c.checkpoint_every_steps = 500
+        c.eval.early_stopping_patience = 4
     return c

@@ -12,7 +12,8 @@ from seq2seq_jax.training import experiment, trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # (file, variant); the tiny variants must be runnable on 8 devices (global batch % 8 == 0).
 CASES = [("default.py", None), ("default.py", "tiny"), ("multi30k_rnnsearch.py", None),
-         ("multi30k_transformer.py", None), ("wmt14_rnnsearch50.py", None),
+         ("multi30k_rnnsearch.py", "fast"), ("multi30k_transformer.py", None),
+         ("multi30k_transformer.py", "fast"), ("wmt14_rnnsearch50.py", None),
          ("wmt14_rnnsearch50.py", "tiny")]
 
 
@@ -72,3 +73,11 @@ def test_multi30k_config_points_at_existing_files_when_the_data_is_here():
         pytest.skip(f"Multi30k not present at {path.parent} (set $MULTI30K_DIR)")
     for key in ("train_source", "train_target", "validation_source", "validation_target"):
         assert Path(config.data[key]).is_file(), key
+
+
+def test_multi30k_fast_variants_and_data_dir_argument(tmp_path):
+    for name in ("multi30k_rnnsearch.py", "multi30k_transformer.py"):
+        fast = load(name).get_config(f"fast:{tmp_path}")
+        assert fast.max_train_minutes == 30.0 and fast.data.tokens_per_batch > 0
+        assert fast.data.train_source == str(tmp_path / "train.de.gz")
+        assert load(name).get_config(str(tmp_path)).max_train_minutes == 0.0
