@@ -329,21 +329,29 @@ def _random_examples(rng, n, max_lengths):
              np.ones(rng.integers(1, max_lengths[1] + 1), np.int32) * (i + 1)) for i in range(n)]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_token_budget_groups_brute_force(seed):
+@pytest.mark.parametrize("seed,padding", [(0, "side"), (1, "side"), (2, "class"),
+                                          (3, "class")])
+def test_token_budget_groups_brute_force(seed, padding):
     rng = np.random.default_rng(seed)
     max_lengths = (30, 20)
     lengths = (6, 8, 12, 16, 24, 30)
     table = batching.token_budget_rows(lengths, 240, max_rows=32, multiple=2)
     examples = _random_examples(rng, 500, max_lengths)
-    groups = batching.token_budget_groups(examples, table, max_lengths, rng)
+    groups = batching.token_budget_groups(examples, table, max_lengths, rng, padding)
     seen = [int(e[0][0]) for group, _, _ in groups for e in group]
     assert sorted(seen) == list(range(1, 501)), "every example exactly once"
     not_full = 0
+    shapes = set()
     for group, (s, t), rows in groups:
         longest = [max(len(e[side]) for e in group) for side in (0, 1)]
-        assert (s, t) == tuple(min(min(x for x in lengths if x >= n), m)
-                               for n, m in zip(longest, max_lengths, strict=True))
+        assert s >= longest[0] and t >= longest[1]
+        if padding == "side":
+            assert (s, t) == tuple(min(min(x for x in lengths if x >= n), m)
+                                   for n, m in zip(longest, max_lengths, strict=True))
+        else:  # Both sides padded to the batch's class: one shape per class.
+            length = next(x for x in lengths if table[x] == rows and x >= max(longest))
+            assert (s, t) == (min(length, 30), min(length, 20))
+        shapes.add((rows, s, t))
         assert rows * max(s, t) <= 240 and 1 <= len(group) <= rows
         classes = {min(x for x in lengths if x >= max(len(e[0]), len(e[1]))) for e in group}
         # Rows of the class the batch was cut in: its examples' own, or a larger one they moved
@@ -351,6 +359,8 @@ def test_token_budget_groups_brute_force(seed):
         assert rows in {table[x] for x in lengths if x >= max(classes)}
         not_full += len(group) < rows
     assert not_full <= 1, "only the window's last batch may have empty rows"
+    if padding == "class":
+        assert len(shapes) <= len(lengths)
 
 
 def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
@@ -409,3 +419,6 @@ def test_token_budget_config_errors(tfds_dir):
                                                     tokens_per_batch=64))
     with pytest.raises(ValueError, match="tokens_per_batch must be an int >= 0"):
         config_lib.validate_data_config(make_config(tfds_dir, tokens_per_batch=-1))
+    with pytest.raises(ValueError, match="token_budget_padding must be 'class' or 'side'"):
+        config_lib.validate_data_config(make_config(tfds_dir, tokens_per_batch=64,
+                                                    token_budget_padding="both"))

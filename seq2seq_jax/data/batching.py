@@ -216,21 +216,25 @@ def token_budget_groups(
     rows_by_length: dict[int, int],
     max_lengths: tuple[int, int],
     rng: np.random.Generator,
+    padding: str = "side",
 ) -> list[tuple[list[Example], tuple[int, int], int]]:
     """Cuts a window of examples into token-budget batches of one length class each.
 
     An example's class is the smallest L of `rows_by_length` with max(source, target length)
-    <= L. A batch pads each side to the smallest class length that holds the side's longest
-    example (capped at the side's max length), so both are <= L and a short side (a summary's
-    target) is not padded to the long one. Classes are filled in ascending order and the
-    examples left over from one class (fewer than its rows) move up into the next, so only the
-    last batch of the window has empty rows. The batch order is shuffled with `rng`.
+    <= L. With `padding='class'` a batch pads both sides to L (capped at each side's max
+    length): one shape per class, so the step compiles at most once per class. With
+    `padding='side'` each side is padded to the smallest class length that holds its longest
+    example (<= L), so a short side (a summary's target) is not padded to the long one, at the
+    price of more shapes (up to a pair of classes each). Classes are filled in ascending order
+    and the examples left over from one class (fewer than its rows) move up into the next, so
+    only the last batch of the window has empty rows. The batch order is shuffled with `rng`.
 
     Args:
         examples: The window.
         rows_by_length: `token_budget_rows(...)`: {L: global rows}.
         max_lengths: (max source length, max target length).
         rng: Orders the batches.
+        padding: 'class' or 'side' (above).
 
     Returns:
         (examples, (S, T), global rows) per batch; len(examples) <= rows.
@@ -251,8 +255,11 @@ def token_budget_groups(
         last = c == len(classes) - 1
         while len(pending) >= rows or (last and pending):
             group, pending = pending[:rows], pending[rows:]
-            padded = tuple(
-                min(classes[bisect.bisect_left(classes, max(len(e[side]) for e in group))],
-                    max_lengths[side]) for side in (0, 1))
+            if padding == "class":
+                padded = (min(length, max_lengths[0]), min(length, max_lengths[1]))
+            else:
+                padded = tuple(
+                    min(classes[bisect.bisect_left(classes, max(len(e[side]) for e in group))],
+                        max_lengths[side]) for side in (0, 1))
             groups.append((group, padded, rows))
     return [groups[i] for i in rng.permutation(len(groups))]

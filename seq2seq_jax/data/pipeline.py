@@ -61,6 +61,7 @@ class _Plan:
     # Token budgets ('bucket' with data.tokens_per_batch): {length class L: global rows}; empty
     # when off. `rows` is then the largest rows value per host (batch_size / P).
     rows_by_length: dict[int, int] = dataclasses.field(default_factory=dict)
+    budget_padding: str = "side"  # data.token_budget_padding
 
 
 def _make_plan(
@@ -97,6 +98,7 @@ def _make_plan(
         split_size=split_size,
         name=name,
         rows_by_length=rows_by_length,
+        budget_padding=data_config.token_budget_padding,
     )
 
 
@@ -220,7 +222,7 @@ class _BatchIterator(grain.DatasetIterator):
             rng = np.random.default_rng([plan.seed, start])
             if plan.rows_by_length:
                 groups = batching.token_budget_groups(
-                    kept, plan.rows_by_length, plan.max_lengths, rng)
+                    kept, plan.rows_by_length, plan.max_lengths, rng, plan.budget_padding)
             else:
                 groups = [(group, lengths, group_size) for group, lengths in
                           batching.bucket_groups(kept, group_size, plan.boundaries, rng)]
