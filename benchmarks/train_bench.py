@@ -83,9 +83,8 @@ class TrainMeasurement:
 
 
 def _peer_optimizer():
-    """Adam (1e-3) after global-norm clipping at 1.0, like the peer; no non-finite skipping."""
+    """Adam (1e-3) after global-norm clipping at 1.0, like the peer."""
     config = optim.default_optimizer_config()
-    config.skip_nonfinite = False
     tx, _ = optim.make_optimizer(config, num_train_steps=1000)
     return tx
 

@@ -6,6 +6,8 @@
 - `top_k`: `lax.top_k` through block maxima (beam search's candidate selection).
 - `accumulate_in_float32`, `float32_product`: the `dot_general`s of the models' Dense and output
   layers, so bfloat16 models multiply bf16 x bf16 into float32.
+- `all_finite`: whether a pytree holds no NaN/Inf (the train step's non-finite guard, and the
+  check `decode` makes on a restored checkpoint).
 
 `python -m benchmarks.run` measures what each buys (benchmarks/RESULTS.md).
 """
@@ -16,6 +18,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every floating-point leaf of `tree` is finite (a bool scalar).
+
+    Works on jax and numpy leaves, inside `jit` or outside; integer leaves are ignored.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.ones((), jnp.bool_)
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
 
 def first_argmax(x: jax.Array, axis: int = -1) -> jax.Array:

@@ -186,3 +186,34 @@ def test_train_step_logs_real_target_tokens_and_padding():
     summary = steps.summarize(jax.device_get(metrics), prefix="train_")
     assert summary["train_target_tokens"] == real
     np.testing.assert_allclose(summary["train_padding"], 1 - real / positions, rtol=1e-6)
+
+
+def test_nonfinite_modes_skip_keeps_state_abort_and_ignore_apply():
+    """A learning rate of inf overflows the parameters although the gradients are finite."""
+    batch = make_batch(0)
+    tx = optax.sgd(lambda count: jnp.where(count == 0, jnp.inf, 0.1))
+    results = {}
+    for mode in ("abort", "skip", "ignore"):
+        state = make_state(tx=tx)
+        before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+        step = jax.jit(functools.partial(steps.train_step, nonfinite=mode))
+        new, m = step(state, batch)
+        results[mode] = (new, m)
+        assert float(m["nonfinite"][0]) == 1.0, mode
+        assert int(new.step) == 1  # The data and dropout stream advance in every mode.
+        params_finite = bool(steps.all_finite(new.params))
+        if mode == "skip":
+            assert float(m["nonfinite_skipped"][0]) == 1.0
+            jax.tree.map(np.testing.assert_array_equal, (new.params, new.opt_state), before)
+        else:
+            assert float(m["nonfinite_skipped"][0]) == 0.0 and not params_finite
+    # A finite step is flagged nowhere.
+    new, m = jax.jit(steps.train_step)(make_state(tx=optax.sgd(0.1)), batch)
+    assert float(m["nonfinite"][0]) == 0.0 and bool(steps.all_finite(new.params))
+
+
+def test_unknown_nonfinite_mode_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError, match="optimizer.nonfinite='retry'"):
+        steps.train_step(make_state(), make_batch(0), nonfinite="retry")

@@ -4,13 +4,18 @@ Everything is built from the `config.optimizer` section (see `default_optimizer_
 `optax.GradientTransformation`, composed from the inside out as
 
 ```
-apply_if_finite(                      # optional: skip non-finite updates, counted
-  MultiSteps(                         # optional: gradient accumulation over k micro-batches
-    multi_transform({                 # freezing by path regex
-      "trainable": chain(clip_by_global_norm, <optimizer with schedule>, scale_by_path),
-      "frozen": set_to_zero(),
-    })))
+MultiSteps(                           # optional: gradient accumulation over k micro-batches
+  multi_transform({                   # freezing by path regex
+    "trainable": chain(clip_by_global_norm, <optimizer with schedule>, scale_by_path),
+    "frozen": set_to_zero(),
+  }))
 ```
+
+Non-finite steps (`nonfinite`: abort | skip | ignore) are handled by the train step and loop
+(`seq2seq_jax.training.steps.train_step`), not by the transformation: a step is non-finite when
+its loss or any *updated parameter* is NaN/Inf, which also catches an update of finite gradients
+that overflows the weights. `validate_optimizer_config` checks every number before anything is
+built.
 
 The schedule's step is the optimiser's own update count, so with accumulation over `k`
 micro-batches the schedule advances once per `k` train steps.
@@ -21,6 +26,7 @@ regexes match with `re.search`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,8 +61,12 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
     c.nesterov = False
     c.grad_clip_norm = 1.0  # Global-norm clipping threshold; 0 disables.
     c.accumulate_steps = 1  # > 1 wraps the optimiser in optax.MultiSteps.
-    c.skip_nonfinite = True  # Skip (and count) updates whose gradients hold NaN/Inf.
-    c.max_consecutive_nonfinite = 1_000_000  # After this many consecutive skips, apply anyway.
+    # A step whose loss or updated parameters hold NaN/Inf: 'abort' (stop the run at once,
+    # exit non-zero naming the step, save nothing poisoned), 'skip' (leave parameters and
+    # optimiser state unchanged, counted and logged; abort after `max_consecutive_nonfinite`
+    # consecutive skips) or 'ignore' (apply it anyway).
+    c.nonfinite = "abort"
+    c.max_consecutive_nonfinite = 5
     c.freeze = ""  # Regex of parameter paths that stay fixed ("" = none).
     c.lr_multipliers = ()  # ((regex, factor), ...): first matching regex scales the update.
     return c
@@ -230,8 +240,6 @@ def make_optimizer(
                                    freeze_labels(config.freeze))
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
-    if config.skip_nonfinite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=int(config.max_consecutive_nonfinite))
     return tx, schedule
 
 
@@ -244,22 +252,63 @@ def frozen_paths(params: PyTree, freeze_regex: str) -> list[str]:
     return [param_path(p) for p, label in flat if label == "frozen"]
 
 
-def num_nonfinite_skipped(opt_state: PyTree) -> jax.Array:
-    """Total updates skipped for non-finite gradients so far (0 when skipping is off)."""
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-        return opt_state.total_notfinite
-    return jnp.zeros((), jnp.int32)
+NONFINITE_MODES = ("abort", "skip", "ignore")
+
+# Numeric keys of `config.optimizer`: (name, lower bound, lower bound included, upper bound).
+_NUMBERS = (
+    ("learning_rate", 0.0, True, None),  # 0 trains nothing (e.g. to evaluate); < 0 ascends.
+    ("warmup_steps", 0, True, None),
+    ("decay_steps", 0, True, None),
+    ("end_learning_rate_fraction", 0.0, True, 1.0),
+    ("b1", 0.0, True, 1.0),
+    ("b2", 0.0, True, 1.0),
+    ("eps", 0.0, True, None),
+    ("weight_decay", 0.0, True, None),
+    ("momentum", 0.0, True, 1.0),
+    ("grad_clip_norm", 0.0, True, None),
+    ("accumulate_steps", 1, True, None),
+    ("max_consecutive_nonfinite", 1, True, None),
+)
 
 
-def last_update_skipped(opt_state: PyTree) -> jax.Array:
-    """Whether the latest update was skipped for non-finite gradients (False when off)."""
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-        return jnp.logical_not(opt_state.last_finite)
-    return jnp.zeros((), jnp.bool_)
+def validate_optimizer_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every number and choice of `config.optimizer` (finite, in range).
+
+    Raises:
+      ValueError: one line naming the key and the value (`optimizer.learning_rate must be a
+        finite number > 0, got -0.001`).
+    """
+    for key, low, closed, high in _NUMBERS:
+        value = config[key]
+        integral = isinstance(low, int)
+        kind = (int,) if integral else (int, float)
+        relation = ">=" if closed else ">"
+        want = f"{'an int' if integral else 'a finite number'} {relation} {low}" + (
+            f" and <= {high}" if high is not None else "")
+        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value >= low if closed else value > low) and (high is None or value <= high)
+        if not ok:
+            raise ValueError(f"optimizer.{key} must be {want}, got {value!r}")
+    if config.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={config.name!r} is not one of {list(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule={config.schedule!r} is not one of {list(SCHEDULES)}")
+    if config.nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"optimizer.nonfinite={config.nonfinite!r} is not one of "
+                         f"{list(NONFINITE_MODES)}")
+    for b in config.boundaries:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise ValueError(f"optimizer.boundaries must be ints >= 0, got "
+                             f"{tuple(config.boundaries)}")
+    for x in config.scales:
+        if isinstance(x, bool) or not isinstance(x, int | float) or not (
+                math.isfinite(x) and x >= 0):
+            raise ValueError(f"optimizer.scales must be finite numbers >= 0, got "
+                             f"{tuple(config.scales)}")
 
 
 __all__ = [
     "OPTIMIZERS", "SCHEDULES", "default_optimizer_config", "make_schedule", "make_optimizer",
-    "scale_by_path", "freeze_labels", "frozen_paths", "param_path", "num_nonfinite_skipped",
-    "last_update_skipped",
+    "scale_by_path", "freeze_labels", "frozen_paths", "param_path", "NONFINITE_MODES",
+    "validate_optimizer_config",
 ]

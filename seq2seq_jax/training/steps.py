@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seq2seq_jax.ops import first_argmax
-from seq2seq_jax.training.optim import last_update_skipped
+from seq2seq_jax.ops import all_finite, first_argmax
+from seq2seq_jax.training.optim import NONFINITE_MODES
 from seq2seq_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -98,6 +98,7 @@ def train_step(
     *,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
+    nonfinite: str = "abort",
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on `batch`.
 
@@ -106,13 +107,21 @@ def train_step(
       batch: the batch dict (docs/ARCHITECTURE.md), `[B, S]` / `[B, T]` int32.
       label_smoothing: label-smoothing mass in [0, 1).
       axis_name: the pmap axis name; None under jit.
+      nonfinite: `NONFINITE_MODES`. A step is non-finite when its loss or any updated
+        parameter is NaN/Inf. 'skip' keeps the parameters and optimiser state of such a step
+        unchanged (the step count and so the data and dropout stream still advance); 'abort'
+        and 'ignore' apply the update (the train loop stops a run at the first non-finite step
+        under 'abort', before anything poisoned is saved).
 
     Returns:
       `(new_state, metrics)`; metrics are global (summed over devices) `(sum, weight)` pairs:
-      loss, nll, accuracy, grad_norm (of the gradient before clipping), nonfinite_skipped,
-      target_tokens (real target tokens of the step) and padding (fraction of the batch's
-      target positions that are padding).
+      loss, nll, accuracy, grad_norm (of the gradient before clipping), nonfinite (1 for a
+      non-finite step), nonfinite_skipped (1 for a step skipped under 'skip'), target_tokens
+      (real target tokens of the step) and padding (fraction of the batch's target positions
+      that are padding).
     """
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"optimizer.nonfinite={nonfinite!r} is not one of {list(NONFINITE_MODES)}")
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # Different masks per device, as a global batch would have.
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
@@ -133,13 +142,21 @@ def train_step(
     grads = jax.tree.map(lambda g: g / jnp.maximum(num_tokens, 1.0), grads)
     new_state = state.apply_gradients(grads)
     one = jnp.ones((), jnp.float32)
+    finite = jnp.isfinite(metrics["loss"][0]) & all_finite(new_state.params)
+    if nonfinite == "skip":
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = new_state.replace(
+            params=jax.tree.map(keep, new_state.params, state.params),
+            opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state))
+    bad = 1.0 - finite.astype(jnp.float32)
+    metrics["nonfinite"] = (bad, one)  # Logged as the fraction of non-finite steps.
     positions = jnp.asarray(batch["targets"].size, jnp.float32)  # B x T target positions
     if axis_name is not None:
         positions = jax.lax.psum(positions, axis_name)
     metrics["target_tokens"] = (num_tokens, one)  # Logged as real target tokens per step.
     metrics["padding"] = (positions - num_tokens, positions)  # Fraction of padded positions.
     metrics["grad_norm"] = (optax.tree.norm(grads), one)
-    skipped = last_update_skipped(new_state.opt_state).astype(jnp.float32)
+    skipped = bad if nonfinite == "skip" else jnp.zeros((), jnp.float32)
     metrics["nonfinite_skipped"] = (skipped, one)  # Logged as the fraction of skipped steps.
     return new_state, metrics
 

@@ -101,12 +101,14 @@ def init_train_state(
 
 
 def make_step_fns(
-    placement: Placement, *, label_smoothing: float = 0.0
+    placement: Placement, *, label_smoothing: float = 0.0, nonfinite: str = "abort"
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Compiles `(train_step, eval_step)` for `placement` (state donated in the train step)."""
+    """Compiles `(train_step, eval_step)` for `placement` (state donated in the train step);
+    `nonfinite` is `steps.train_step`'s mode ('abort', 'skip' or 'ignore')."""
     kwargs = dict(mesh=placement.mesh, shardings=placement.shardings)
     train = parallel.compile_train_step(
-        functools.partial(steps.train_step, label_smoothing=label_smoothing),
+        functools.partial(steps.train_step, label_smoothing=label_smoothing,
+                          nonfinite=nonfinite),
         placement.parallelism, **kwargs)
     evaluate = parallel.compile_eval_step(
         functools.partial(steps.eval_step, label_smoothing=label_smoothing),
