@@ -17,7 +17,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seq2seq_jax.training import loop, parallel
+from seq2seq_jax.training import experiment, loop, parallel
+from seq2seq_jax.training.checkpoint import CheckpointError
 
 _REPO_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
 _DEFAULT = "configs/default.py" if Path("configs/default.py").is_file() else str(_REPO_DEFAULT)
@@ -51,17 +52,36 @@ def main(argv: list[str]) -> int:
         return _fail("", e)
     try:
         result = loop.train_and_evaluate(config, _WORKDIR.value)
-    except loop.SetupError as e:
+    except (loop.SetupError, loop.TrainingDiverged) as e:
         return _fail("", e)
+    except (OSError, CheckpointError) as e:  # A disk that filled up or failed: the cause.
+        return _fail("while training: ", e)
     logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("train_")})
     return 0
 
 
+def _config_arg(argv: list[str], default: str) -> str:
+    """The value given to --config (either '--config=X' or '--config X')."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (unknown config keys, bad values)."""
+    """absl flag parsing with one-line errors (a config file that fails, unknown config keys,
+    bad values)."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any error in the user's config file is reported.
+        where = experiment.config_file_error(_config_arg(argv, _DEFAULT), e)
+        if where is not None:
+            sys.exit(_fail("", RuntimeError(where)))
+        if not isinstance(e, flags.Error | AttributeError | KeyError | TypeError | ValueError
+                          | OSError):
+            raise
         key = str(e).strip("\"'")
         culprits = [a for a in argv[1:] if a.startswith("--config") and key and key in a]
         what = "unknown config key" if isinstance(e, AttributeError) else "bad flag or config"

@@ -76,7 +76,7 @@ def tiny_config(**overrides):
 
 def test_unknown_model_name_and_unwritable_workdir_fail_during_setup(tmp_path):
     # The same path the CLI takes (it prints SetupError as one line and exits 1), in-process.
-    with pytest.raises(loop.SetupError, match="model.name='lstm_of_doom' is not one of"):
+    with pytest.raises(loop.SetupError, match="model.name='lstm_of_doom' is not a model family"):
         loop.setup_experiment(tiny_config(**{"model.name": "lstm_of_doom"}), str(tmp_path / "a"))
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

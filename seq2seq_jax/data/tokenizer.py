@@ -353,7 +353,7 @@ def _training_pairs(data_config: ml_collections.ConfigDict) -> list[tuple[str, s
 
 
 def get_tokenizers(
-    data_config: ml_collections.ConfigDict, workdir: str
+    data_config: ml_collections.ConfigDict, workdir: str, staging_dir: str | None = None
 ) -> tuple[Tokenizer, Tokenizer]:
     """Returns (source, target) tokenizers: loaded from the workdir, or trained and saved there.
 
@@ -367,6 +367,9 @@ def get_tokenizers(
     Args:
         data_config: `config.data`.
         workdir: The experiment directory.
+        staging_dir: If given, a tokenizer that is not in the workdir yet is saved to
+            `staging_dir/tokenizer` instead (the caller moves it into the workdir once the run
+            is known to start: `save_tokenizers` or a copy of that directory).
 
     Returns:
         (source_tokenizer, target_tokenizer); the same object twice for a joint vocabulary.
@@ -392,5 +395,7 @@ def get_tokenizers(
         pairs = _training_pairs(data_config)
         logging.info("Training %s tokenizer(s) on %d pairs", data_config.tokenizer, len(pairs))
         pair = train_tokenizers(data_config, pairs)
+    if staging_dir is not None:
+        directory = os.path.join(staging_dir, "tokenizer")
     save_tokenizers(*pair, directory)
     return load_tokenizers(directory)

@@ -107,6 +107,9 @@ def search_config(options: DecodeOptions, restored: RestoredModel) -> SearchConf
         beam = 1 if options.sample else int(eval_cfg.get("beam_size", DEFAULT_BEAM_SIZE))
     alpha = options.alpha if options.alpha is not None else float(
         eval_cfg.get("alpha", DEFAULT_ALPHA))
+    if options.max_length is not None and options.max_length < 1:
+        raise ValueError(f"--max_length must be >= 1 (tokens, EOS included), got "
+                         f"{options.max_length}")
     cap = model_length_cap(restored)
     max_length = options.max_length or int(eval_cfg.get("max_decode_length", 0)
                                            or config.data.max_target_length)

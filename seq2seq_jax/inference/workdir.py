@@ -21,6 +21,7 @@ import ml_collections
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import models
+from seq2seq_jax.ops import all_finite
 from seq2seq_jax.training import checkpoint as ckpt_lib
 from seq2seq_jax.training import experiment
 
@@ -177,6 +178,9 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
         location = ckpt_lib.resolve_checkpoint(averaged[-1])
     else:
         params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
+    if not bool(all_finite(params)):
+        raise ValueError(f"checkpoint {location.step_dir} holds non-finite parameters (NaN or "
+                         "Inf): the run diverged; decode an earlier step with --checkpoint_step")
     if dtype is not None:
         model_config, params = models.with_dtype(model_config, params, dtype)
         model = models.build_model(model_config)

@@ -150,6 +150,11 @@ class ModelConfig:
           eos_id: EOS id (from the tokenizer).
           pad_id: padding id (0).
 
+        `model.name` may be a family or a preset (`preset_names()`): a preset fills in its own
+        values for the keys still at their family defaults (`resolve_preset`), so
+        `--config.model.name=rnnsearch_reference --config.model.dropout_rate=0.3` gives the
+        reference sizes with dropout 0.3.
+
         Raises:
           ValueError: on a key that is not a model setting (naming it), or an invalid value.
         """
@@ -160,6 +165,7 @@ class ModelConfig:
                 raise ValueError(
                     f"Unknown model config key 'model.{key}'; known keys: {sorted(known)}"
                 )
+        items = resolve_preset(items)
         config = cls(
             **items,
             source_vocab_size=int(source_vocab_size),
@@ -177,7 +183,9 @@ class ModelConfig:
         Raises:
           ValueError: naming the offending field.
         """
-        _check_choice("name", self.name, MODEL_NAMES)
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"model.name={self.name!r} is not a model family "
+                             f"{list(MODEL_NAMES)} or a preset {list(_PRESETS)}")
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
         _check_choice("bridge", self.bridge, BRIDGES)
@@ -283,6 +291,24 @@ _PRESETS: dict[str, dict[str, Any]] = {
 def preset_names() -> tuple[str, ...]:
     """Names accepted by `default_model_config`."""
     return tuple(_PRESETS)
+
+
+def resolve_preset(items: dict[str, Any]) -> dict[str, Any]:
+    """`items` (a model section as a dict) with a preset `name` replaced by its family.
+
+    The preset's values replace the values still equal to the family's defaults; values that
+    differ from them were set on purpose and are kept. A family name is returned unchanged.
+    """
+    name = items.get("name")
+    if name in MODEL_NAMES or name not in _PRESETS:
+        return items
+    preset = _PRESETS[name]
+    family = default_model_config(preset["name"])
+    out = dict(items)
+    for key, value in preset.items():
+        if key == "name" or out.get(key, family[key]) == family[key]:
+            out[key] = value
+    return out
 
 
 def default_model_config(name: str = "rnnsearch") -> ml_collections.ConfigDict:

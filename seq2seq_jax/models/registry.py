@@ -30,7 +30,9 @@ def get_model_class(name: str) -> type[nn.Module]:
       ValueError: unknown name, listing the known ones.
     """
     if name not in _MODELS:
-        raise ValueError(f"Unknown model name {name!r}; known models: {list(_MODELS)}")
+        from seq2seq_jax.models.config import preset_names
+        raise ValueError(f"Unknown model name {name!r}; known models: {list(_MODELS)}, presets "
+                         f"(in config.model.name): {list(preset_names())}")
     return _MODELS[name]
 
 

@@ -9,9 +9,15 @@ Sections: `model` (seq2seq_jax.models), `data` (seq2seq_jax.data), `optimizer`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import json
 import math
 import os
+import re
+import socket
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +25,25 @@ import ml_collections
 
 from seq2seq_jax.data.config import default_data_config, validate_data_config
 from seq2seq_jax.models.config import config_keys, default_model_config, preset_names
-from seq2seq_jax.training.optim import OPTIMIZERS, SCHEDULES, default_optimizer_config
+from seq2seq_jax.training.optim import default_optimizer_config, validate_optimizer_config
 from seq2seq_jax.training.parallel import default_distributed_config
 
 CONFIG_FILENAME = "config.json"
+CONFIG_HISTORY_DIRNAME = "config_history"  # Earlier config.json versions: 1.json, 2.json, ...
+LOCK_FILENAME = "train.lock"
+
+# Keys a resumed run may not change (fnmatch patterns over dotted keys): they decide the
+# parameter shapes, the tokenizer, the data stream or the optimiser state's structure. Every
+# other key (num_train_steps, the learning rate, eval and checkpoint cadence, ...) may change.
+RESUME_FIXED_KEYS = ("model.*", "data.*", "batch_size", "seed", "optimizer.name",
+                     "optimizer.accumulate_steps", "optimizer.freeze")
+RESUME_FREE_KEYS = ("model.dropout_rate", "model.attention_dropout_rate", "model.dtype",
+                    "data.prefetch", "data.cache_max_examples", "data.eval_split",
+                    # Where the files are (a moved dataset is the same data), and the
+                    # evaluation splits (not read by the train stream).
+                    "data.*_source", "data.*_target", "data.*_tsv", "data.tfds_data_dir",
+                    "data.tokenizer_dir", "data.num_validation_examples",
+                    "data.num_test_examples")
 PARALLELISMS = ("jit", "pmap")
 TASK_METRICS = ("exact_match", "bleu", "none")
 
@@ -141,8 +162,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"unknown config keys {unknown}")
     validate_data_config(config.data)
     _choice("parallelism", config.parallelism, PARALLELISMS)
-    _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
-    _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+    validate_optimizer_config(config.optimizer)
     _choice("eval.task_metric", config.eval.task_metric, TASK_METRICS)
     for key in ("num_train_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
         if int(config[key]) < 1:
@@ -190,21 +210,186 @@ def prepare_workdir(workdir: str) -> Path:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: os.PathLike | str) -> Path:
-    """Writes the resolved config as `WORKDIR/config.json` (sorted keys) and returns its path."""
+    """Writes the resolved config as `WORKDIR/config.json` (sorted keys) and returns its path.
+
+    A different earlier `config.json` is kept as `WORKDIR/config_history/<n>.json` (n = 1, 2,
+    ... in order), so no version of a run's config is ever lost.
+    """
     path = Path(workdir) / CONFIG_FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+    if path.is_file():
+        old = path.read_text()
+        if old == text:
+            return path
+        history = Path(workdir) / CONFIG_HISTORY_DIRNAME
+        history.mkdir(exist_ok=True)
+        numbers = [int(p.stem) for p in history.glob("*.json") if p.stem.isdigit()]
+        _atomic_write(history / f"{max(numbers, default=0) + 1}.json", old)
+    _atomic_write(path, text)
     return path
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
-    """Reads `WORKDIR/config.json` back into a ConfigDict (tuples come back as lists)."""
+    """Reads `WORKDIR/config.json` back into a ConfigDict (tuples come back as lists).
+
+    Raises:
+      FileNotFoundError: there is no config.json.
+      ValueError: it is not a JSON object (the message names the file, line and column).
+    """
     path = Path(workdir) / CONFIG_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILENAME} in workdir {str(workdir)!r}")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object of config "
+                         "sections")
+    return ml_collections.ConfigDict(value)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def resume_conflicts(saved: ml_collections.ConfigDict | dict,
+                     config: ml_collections.ConfigDict | dict) -> list[str]:
+    """The keys of `RESUME_FIXED_KEYS` whose value differs between a workdir's saved config and
+    the config of a run that would resume it, as `key: saved -> new` strings (sorted)."""
+    old = _flatten(saved.to_dict() if hasattr(saved, "to_dict") else dict(saved))
+    new = _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    # A key added to the project after the workdir was trained is absent from its config.json;
+    # its default is the behaviour the run had, so the default value is compatible.
+    defaults = _flatten(base_config().to_dict())
+    defaults.update({f"model.{k}": v for k, v in default_model_config().items()})
+    same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731
+    out = []
+    for key in sorted(set(old) | set(new)):
+        fixed = any(fnmatch.fnmatchcase(key, p) for p in RESUME_FIXED_KEYS)
+        if not fixed or any(fnmatch.fnmatchcase(key, p) for p in RESUME_FREE_KEYS):
+            continue
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == "<absent>" and key in defaults and same(b, defaults[key]):
+            continue
+        if not same(a, b):
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: os.PathLike | str,
+                 has_checkpoints: bool) -> None:
+    """Refuses a run that would resume a workdir trained with an incompatible config.
+
+    A workdir whose `config.json` exists and that holds checkpoints or a tokenizer must agree
+    with `config` on every `RESUME_FIXED_KEYS` key (`RESUME_FREE_KEYS` excepted).
+
+    Raises:
+      ValueError: naming the workdir and each differing key with both values.
+    """
+    path = Path(workdir)
+    if not (path / CONFIG_FILENAME).is_file():
+        return
+    if not has_checkpoints and not (path / "tokenizer").is_dir():
+        return
+    conflicts = resume_conflicts(load_config(path), config)
+    if conflicts:
+        raise ValueError(
+            f"workdir {str(path)!r} was trained with another config; these keys may not change "
+            f"on resume: {'; '.join(conflicts)} (use a fresh workdir, or init_checkpoint to "
+            "fine-tune from it)")
+
+
+def config_file_error(config_arg: str, error: BaseException) -> str | None:
+    """Describes in one line an error raised by a config file itself.
+
+    Args:
+      config_arg: the `--config` value, 'FILE[:ARG]'.
+      error: what loading it raised (a SyntaxError in the file, an exception in its
+        `get_config`, or ml_collections' re-raise of one with the traceback as text).
+
+    Returns:
+      'FILE: ErrorType: message (line N)', or None when no line of FILE is involved.
+    """
+    path = config_arg.split(":", 1)[0]
+    real = os.path.realpath(path)
+    if isinstance(error, SyntaxError) and error.filename and (
+            os.path.realpath(error.filename) == real):
+        return f"{path}: {type(error).__name__}: {error.msg} (line {error.lineno})"
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if os.path.realpath(f.filename) == real]
+    text = str(error)
+    # ml_collections re-raises TypeError/ValueError with the traceback as text.
+    lines += [int(n) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)
+              if os.path.realpath(f) == real]
+    if not lines:
+        return None
+    body = [x.strip() for x in text.splitlines() if x.strip()]
+    last = body[-1] if body else type(error).__name__
+    message = last if re.match(r"^\w+(Error|Exception|Warning)\b", last) else (
+        f"{type(error).__name__}: {last}")
+    return f"{path}: {message} (line {lines[-1]})"
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for one training run (`WORKDIR/train.lock`, `flock`).
+
+    The operating system releases it when the process ends, however it ends (SIGKILL too), so
+    no stale lock is ever left. The file records the holder's host and pid for the error a
+    second run gets. Only process 0 of a multi-host run takes it.
+    """
+
+    def __init__(self, workdir: os.PathLike | str):
+        self.path = Path(workdir) / LOCK_FILENAME
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkdirLock:
+        """Takes the lock.
+
+        Raises:
+          RuntimeError: another process holds it (naming the workdir, host and pid).
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RuntimeError(f"workdir {str(self.path.parent)!r} is in use by another training "
+                               f"run ({holder}); wait for it to end or use another workdir"
+                               ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Releases the lock (the file stays: removing it would race with a waiting run)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 __all__ = ["base_config", "validate_config", "prepare_workdir", "save_config", "load_config",
+           "resume_conflicts", "check_resume", "WorkdirLock", "RESUME_FIXED_KEYS",
+           "RESUME_FREE_KEYS", "config_file_error",
            "default_eval_config", "default_checkpoint_config", "preset_names", "CONFIG_FILENAME"]

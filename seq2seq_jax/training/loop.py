@@ -12,7 +12,10 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,11 @@ log = logging.getLogger(__name__)
 
 class SetupError(Exception):
     """A problem with the config, the workdir or the inputs, found before training starts."""
+
+
+class TrainingDiverged(Exception):
+    """A non-finite step under `optimizer.nonfinite='abort'`, or too many consecutive skipped
+    ones under 'skip'; nothing poisoned was saved."""
 
 
 @dataclasses.dataclass
@@ -72,20 +80,22 @@ def _placement_args(config) -> dict[str, Any]:
     return {}
 
 
-def _build(config: ml_collections.ConfigDict, workdir: Path) -> Experiment:
+def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Experiment:
+    """Builds the experiment without writing to the workdir (a new tokenizer goes to `staging`)."""
     experiment.validate_config(config)
     placement_args = _placement_args(config)
-    if jax.process_index() == 0:
-        experiment.save_config(config, workdir)
-    source_tok, target_tok = _tokenizers(config, workdir)
+    from seq2seq_jax.training import checkpoint
+    experiment.check_resume(config, workdir, bool(checkpoint.complete_steps(
+        workdir / checkpoint.CHECKPOINT_DIRNAME)))
+    source_tok, target_tok = _tokenizers(config, workdir, staging)
     model_config, model = _build_model(config, source_tok, target_tok)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
     lengths = (config.data.max_source_length, config.data.max_target_length)
     state, placement = trainer.init_train_state(
         model, tx, seed=config.seed, parallelism=config.parallelism,
         init_lengths=(min(lengths[0], 8), min(lengths[1], 8)), **placement_args)
-    train_step, eval_step = trainer.make_step_fns(placement,
-                                                  label_smoothing=config.label_smoothing)
+    train_step, eval_step = trainer.make_step_fns(
+        placement, label_smoothing=config.label_smoothing, nonfinite=config.optimizer.nonfinite)
     train_iter = data_lib.make_train_iterator(
         config.data, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
@@ -99,11 +109,18 @@ def _build(config: ml_collections.ConfigDict, workdir: Path) -> Experiment:
                       state, placement, train_step, eval_step, train_iter, decode_fn)
 
 
-def _tokenizers(config, workdir: Path):
-    """Process 0 trains/saves the tokenizer first; the others then load it."""
+def _tokenizers(config, workdir: Path, staging: str):
+    """Process 0 builds the tokenizer first; the others then load it from the workdir.
+
+    A single-process run keeps a newly trained tokenizer in `staging` until `_commit`; in a
+    multi-host run process 0 saves it in the workdir before the barrier (after the config and
+    resume checks passed), since the other processes read it from there.
+    """
+    multi = jax.process_count() > 1
     if jax.process_index() == 0:
-        pair = data_lib.get_tokenizers(config.data, str(workdir))
-    if jax.process_count() > 1:
+        pair = data_lib.get_tokenizers(config.data, str(workdir),
+                                       staging_dir=None if multi else staging)
+    if multi:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("seq2seq_jax.tokenizers")
     if jax.process_index() != 0:
@@ -111,17 +128,39 @@ def _tokenizers(config, workdir: Path):
     return pair
 
 
-def setup_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-    """Validates the config, prepares the workdir, builds tokenizers, model, state and data.
+def _commit(exp: Experiment, staging: str) -> None:
+    """Writes the run's config (keeping earlier versions) and a newly trained tokenizer into the
+    workdir: the first writes of a run, made once it is known to start (process 0)."""
+    if jax.process_index() != 0:
+        return
+    staged = Path(staging) / "tokenizer"
+    target = exp.workdir / "tokenizer"
+    if staged.is_dir() and not target.exists():
+        tmp = exp.workdir / f".tokenizer.{os.getpid()}.tmp"
+        shutil.copytree(staged, tmp)
+        tmp.replace(target)
+    experiment.save_config(exp.config, exp.workdir)
+
+
+_SETUP_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, OSError)
+
+
+def setup_experiment(config: ml_collections.ConfigDict, workdir: str,
+                     staging: str | None = None) -> Experiment:
+    """Validates the config and the workdir, builds tokenizers, model, state and data.
+
+    Nothing is written to the workdir (see `train_and_evaluate`): a tokenizer trained here is
+    saved under `staging` (a temporary directory when None).
 
     Raises:
       SetupError: a one-line description of what is wrong (bad key or value, unknown model,
-        unwritable workdir, batch size not divisible by the device count, missing data).
+        unwritable workdir, a resume with changed model/data keys, batch size not divisible by
+        the device count, missing data).
     """
     try:
         path = experiment.prepare_workdir(workdir)
-        return _build(config, path)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+        return _build(config, path, staging or tempfile.mkdtemp(prefix="seq2seq_jax."))
+    except _SETUP_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise SetupError(" ".join(str(message).split())) from e
 
@@ -254,8 +293,6 @@ def _train_summary(exp: Experiment, state: TrainState, window: dict, seconds: fl
     summary["train_tokens_per_second"] = float(window["loss"][1]) / max(seconds, 1e-9)
     updates = step // int(exp.config.optimizer.accumulate_steps)
     summary["learning_rate"] = float(exp.schedule(updates))
-    opt_state = trainer.state_to_host_layout(state, exp.placement).opt_state
-    summary["nonfinite_total"] = int(jax.device_get(optim.num_nonfinite_skipped(opt_state)))
     return summary
 
 
@@ -325,6 +362,55 @@ class StopRules:
         return bool(self.patience) and self.since_best >= self.patience
 
 
+class NonfiniteGuard:
+    """Applies `optimizer.nonfinite` on the host: reads each step's `nonfinite` flag one step
+    late (no stall of the device queue) and all of them before a save or evaluation.
+
+    The flags are global (summed over devices and hosts), so every process takes the same
+    decision. `total` counts skipped steps over resumed runs (`nonfinite_total` in
+    metrics.jsonl).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, placement: trainer.Placement,
+                 history: list[dict[str, Any]]):
+        self.mode = config.optimizer.nonfinite
+        self.limit = int(config.optimizer.max_consecutive_nonfinite)
+        self.placement = placement
+        self.unchecked: list[tuple[int, Any]] = []
+        self.consecutive = 0
+        totals = [r["nonfinite_total"] for r in history if "nonfinite_total" in r]
+        self.total = int(totals[-1]) if totals else 0
+
+    def add(self, step: int, metrics: Any) -> None:
+        """Registers step `step`'s metrics; checks the steps before it."""
+        self.unchecked.append((step, metrics["nonfinite"][0]))
+        while len(self.unchecked) > 1:
+            self._check(*self.unchecked.pop(0))
+
+    def flush(self) -> None:
+        """Checks every registered step (call before saving or evaluating the state)."""
+        while self.unchecked:
+            self._check(*self.unchecked.pop(0))
+
+    def _check(self, step: int, flag: Any) -> None:
+        if self.mode == "ignore":
+            return
+        if not float(trainer.metrics_to_host(flag, self.placement)):
+            self.consecutive = 0
+            return
+        if self.mode == "abort":
+            raise TrainingDiverged(f"non-finite loss or parameters at step {step} "
+                                   "(optimizer.nonfinite='abort')")
+        self.total += 1
+        self.consecutive += 1
+        log.warning("step %d | non-finite step skipped (%d in a row, %d in all)", step,
+                    self.consecutive, self.total)
+        if self.consecutive >= self.limit:
+            raise TrainingDiverged(
+                f"{self.consecutive} consecutive non-finite steps up to step {step} "
+                f"(optimizer.nonfinite='skip', max_consecutive_nonfinite={self.limit})")
+
+
 def _log_new_shape(batch: dict[str, np.ndarray], seen: set) -> None:
     shape = (batch["inputs"].shape, batch["targets"].shape)
     if shape not in seen:
@@ -334,9 +420,14 @@ def _log_new_shape(batch: dict[str, np.ndarray], seen: set) -> None:
 
 
 def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
-                preemption: Preemption, rules: StopRules) -> tuple[TrainState, int, bool]:
+                preemption: Preemption, rules: StopRules,
+                guard: NonfiniteGuard) -> tuple[TrainState, int, bool]:
     """Runs the steps from `state.step` to the end (or a stop rule); returns
-    (state, step reached, preempted)."""
+    (state, step reached, preempted).
+
+    Raises:
+      TrainingDiverged: from `guard`, before the poisoned state is logged, evaluated or saved.
+    """
     c = exp.config
     step = start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
     pending, tick, seen = [], time.perf_counter(), set()
@@ -352,14 +443,20 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
             state, metrics = exp.train_step(state, trainer.put_batch(host_batch, exp.placement))
             step += 1
             pending.append(metrics)
+            guard.add(step, metrics)
             bar.update(1)
             stop = rules.budget_spent(time.perf_counter() - began)
             last = step == c.num_train_steps or stop
+            if (last or step % c.checkpoint_every_steps == 0  # The Checkpointer's cadence.
+                    or _is_due(step, c.eval_every_steps, c.num_train_steps)):
+                guard.flush()  # Nothing non-finite is saved or evaluated.
             if last or _is_due(step, c.log_every_steps, c.num_train_steps):
+                guard.flush()
                 window = None
                 for m in pending:
                     window = steps.accumulate(window, trainer.metrics_to_host(m, exp.placement))
                 summary = _train_summary(exp, state, window, time.perf_counter() - tick, step)
+                summary["nonfinite_total"] = guard.total
                 summary["train_minutes"] = (rules.previous_seconds
                                             + time.perf_counter() - began) / 60.0
                 writer.write(step, summary)
@@ -378,6 +475,7 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                              step, rules.since_best, rules.metric)
                     stop = True
             if preemption.requested():
+                guard.flush()
                 _save(ckpt, exp, step, state, eval_metrics, force=True)
                 return state, step, True
             _save(ckpt, exp, step, state, eval_metrics, force=last or stop)
@@ -442,31 +540,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       The last logged metrics by name (train, eval and final-split ones), plus `step` and
       `preempted`.
 
+    Nothing is written to the workdir before the run is known to start: the config, the
+    resume compatibility (`experiment.check_resume`), the data, the model and the checkpoint
+    restore are checked first, holding the workdir's lock (`experiment.WorkdirLock`). A
+    rejected run leaves an existing workdir as it was, and removes one it created.
+
     Raises:
-      SetupError: bad config / workdir / batch size / model name (before training starts).
+      SetupError: bad config / workdir / batch size / model name, a workdir in use by another
+        run or trained with an incompatible config (before training starts).
+      TrainingDiverged: a non-finite step (`optimizer.nonfinite`), after the pending good saves
+        finished.
     """
-    exp = setup_experiment(config, workdir)
-    _describe(exp)
     is_main = jax.process_index() == 0
+    path = Path(workdir).expanduser()
+    created = not path.exists()
+    try:
+        return _run(config, workdir, is_main)
+    except SetupError:
+        if created and is_main:  # A rejected first run leaves no workdir behind.
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir's prior existence is known."""
     with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="seq2seq_jax."))
+        exp, state, ckpt = _start(config, workdir, staging, stack, is_main)
+        _commit(exp, staging)  # The run starts: its first writes to the workdir.
         writer = stack.enter_context(MetricsWriter(exp.workdir, enabled=is_main))
         preemption = stack.enter_context(Preemption())
-        ckpt = _open_checkpointer(exp)
-        if ckpt is not None:
-            stack.enter_context(ckpt)  # Finishes pending saves on exit, also on exceptions.
-        try:
-            state = _restore(exp, ckpt)
-        except (ValueError, FileNotFoundError) as e:
-            raise SetupError(" ".join(str(e).split())) from e
-        exp.state = None  # The loop owns (and donates) the state from here on.
         start = int(jax.device_get(trainer.state_to_host_layout(state, exp.placement).step))
         writer.drop_after(start)
-        rules = StopRules(exp.config, _history(writer.path))
-        state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption, rules)
+        history = _history(writer.path)
+        rules = StopRules(exp.config, history)
+        guard = NonfiniteGuard(exp.config, exp.placement, history)
+        try:
+            state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption, rules,
+                                                 guard)
+        except TrainingDiverged as e:
+            if ckpt is not None:
+                ckpt.wait()
+            latest = ckpt.latest_step() if ckpt is not None else None
+            kept = (f"the latest checkpoint is the last good one, step {latest}"
+                    if latest is not None else "no checkpoint was saved")
+            raise TrainingDiverged(f"{e}; nothing non-finite was saved, {kept} "
+                                   f"({exp.workdir})") from None
         final = {} if preempted else _final_evaluation(exp, state, step, writer, ckpt)
     if is_main and writer.path.exists():
         plot_learning_curves(writer.path, exp.workdir / CURVES_FILENAME)
     return {**_last_values(writer.path), **final, "step": step, "preempted": preempted}
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str, staging: str,
+           stack: contextlib.ExitStack, is_main: bool) -> tuple[Experiment, TrainState, Any]:
+    """Locks the workdir (process 0), builds the experiment and restores its latest checkpoint.
+
+    Raises:
+      SetupError: anything that rejects the run; nothing was written to the workdir then.
+    """
+    try:
+        path = experiment.prepare_workdir(workdir)
+        if is_main:
+            stack.enter_context(experiment.WorkdirLock(path))
+    except (ValueError, RuntimeError) as e:
+        raise SetupError(" ".join(str(e).split())) from e
+    exp = setup_experiment(config, str(path), staging)
+    _describe(exp)
+    ckpt = _open_checkpointer(exp)
+    if ckpt is not None:
+        stack.enter_context(ckpt)  # Finishes pending saves on exit, also on exceptions.
+    try:
+        state = _restore(exp, ckpt)
+    except (ValueError, FileNotFoundError) as e:
+        raise SetupError(" ".join(str(e).split())) from e
+    exp.state = None  # The loop owns (and donates) the state from here on.
+    return exp, state, ckpt
 
 
 def _history(path: Path) -> list[dict[str, Any]]:

@@ -46,12 +46,15 @@ class MetricsWriter:
             self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIRNAME))
 
     def drop_after(self, step: int) -> None:
-        """Removes lines with `step` > `step` (a resumed run rewrites what it will redo)."""
+        """Removes lines with `step` > `step` (a resumed run rewrites what it will redo), and
+        a torn last line that a killed run left. The file is replaced atomically, so a kill
+        during the rewrite loses nothing."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         """Writes one line `{"step": step, **scalars}` (non-finite values become null)."""
@@ -80,9 +83,25 @@ class MetricsWriter:
 
 
 def read_metrics(path: os.PathLike | str) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl` file, in order."""
+    """The records of a `metrics.jsonl` file, in order.
+
+    A last line cut short (a run killed or out of disk space while appending) is skipped.
+
+    Raises:
+      ValueError: a line before the last is not a JSON object (naming the file and line).
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == lines[-1][0]:
+                break
+            raise ValueError(f"{path}, line {i}: not a JSON record ({e})") from e
+        records.append(record)
+    return records
 
 
 def _series(records: list[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
