@@ -17,10 +17,18 @@ checkpoints (`checkpoint.average_last`).
 
 - `:fast`: 30 minutes of training (`max_train_minutes=30`), the peer's budget: no dropout,
   constant learning rate, a checkpoint every 150 steps, the last 5 averaged.
-- full: dropout 0.2, warmup + cosine decay over 12,000 steps, evaluation every 1,000 steps,
-  early stopping after 4 evaluations without a new best validation BLEU.
+- full: dropout 0.3, warmup + cosine decay over 6,000 steps (~2.2 hours here), evaluation every
+  1,000 steps, early stopping after 4 evaluations without a new best validation BLEU.
 
-Expected: the measured figures are in the README's Multi30k table (commands and sitting there).
+Expected (measured 2026-12-02 on a quiet 2-core CPU): `:fast` trains 30 minutes (1,323 steps,
+5.3 epochs, 22 compiled batch shapes) and ends with the final evaluation (about 1 more minute):
+`averaged_validation_bleu` 35.5 (greedy); then
+
+    python -m seq2seq_jax.decode --workdir=W --checkpoint=averaged --input=val.de \
+        --reference=val.en --beam_size=5
+
+gives validation BLEU 38.72 / chrF 57.67 (the PyTorch peer of the same sizes, 30 minutes in
+the same sitting: 35.91). The full recipe is not measured yet.
 """
 
 import ml_collections
@@ -48,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.decode_examples = 256
     c.eval.decode_batch_size = 128
     c.eval.max_decode_length = 80
+    # Tuned on the validation set (beam 5, the averaged :fast model of 2026-12-02): alpha 0.6
+    # -> BLEU 38.25, 1.0 -> 38.62, 1.4 -> 38.52.
+    c.eval.alpha = 1.0
     c.eval.final_split = "validation"
     c.checkpoint.best_metric = "eval_bleu"
     c.checkpoint.max_to_keep = 5
@@ -60,8 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_every_steps = 0
         c.checkpoint_every_steps = 150
     else:
-        c.num_train_steps = 12_000
-        c.model.dropout_rate = 0.2
+        c.num_train_steps = 6_000  # About 2.2 hours here at ~1.3 s a step (~24 epochs).
+        c.model.dropout_rate = 0.3
         c.optimizer.schedule = "warmup_cosine"
         c.optimizer.warmup_steps = 200
         c.optimizer.end_learning_rate_fraction = 0.1
