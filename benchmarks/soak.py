@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -105,8 +106,11 @@ def _install_faults(faults: Sequence[str]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if phase == "timer":
-        signal.signal(signal.SIGALRM, lambda *_: die())
-        signal.setitimer(signal.ITIMER_REAL, at_value)
+        # A thread, not SIGALRM: a Python signal handler is gone once the interpreter starts
+        # to shut down, and an alarm landing then would end a finished run with SIGALRM.
+        timer = threading.Timer(at_value, die)
+        timer.daemon = True
+        timer.start()
     if phase == "step":
         make = trainer.make_step_fns
 
