@@ -350,3 +350,29 @@ def test_no_tensorflow_import(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"imports": [], "modules": [], "rows": 4, "pairs": 2}
+
+
+def test_two_processes_preparing_one_dataset_at_once_both_succeed(tmp_path):
+    """Two runs starting together on a fresh TFDS cache: preparation is locked, the second
+    process waits and reads what the first wrote (TFDS alone fails renaming its incomplete
+    folder)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from seq2seq_jax.data import config, sources\n"
+        "c = config.default_data_config()\n"
+        "c.name = 'reverse'; c.num_train_examples = 3000\n"
+        "c.num_validation_examples = 50; c.num_test_examples = 50\n"
+        "c.tfds_data_dir = sys.argv[1]\n"
+        "builder, _, _ = sources.get_builder(c)\n"
+        "print(builder.info.splits['train'].num_examples)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split() == ["3000"]

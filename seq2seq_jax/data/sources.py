@@ -166,12 +166,12 @@ def get_builder(
     if data_config.name == "tfds":
         key += (data_config.inputs_key, data_config.targets_key)
     if key not in _BUILDER_CACHE:
-        builder = factory()
         keys = ("source", "target")
         if data_config.name == "tfds":
+            builder = factory()
             keys = (data_config.inputs_key, data_config.targets_key)
         else:
-            builders.prepare(builder)
+            builder = builders.prepare(factory)
         _BUILDER_CACHE[key] = (builder, *keys)
     return _BUILDER_CACHE[key]
 

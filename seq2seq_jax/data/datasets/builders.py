@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import tensorflow_datasets as tfds
 
@@ -186,13 +188,27 @@ class Seq2seqJaxParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=
         return _as_examples(pairs)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-    """Prepares `builder` as array_record unless already prepared there; returns it.
+def prepare(factory: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+    """The builder `factory()` makes, prepared as array_record unless already prepared there.
 
-    TFDS's progress messages go to stderr, so that stdout stays the caller's (e.g. JSON lines).
+    Preparation holds an exclusive lock (`<version dir>.lock`, `flock`: released by the OS when
+    the process dies), so two runs that start together on a fresh cache do not both write the
+    same directory (TFDS then fails renaming its `incomplete.*` folder). The builder is made
+    again after the lock is taken: one made before another process finished preparing would
+    hold an empty `info`. TFDS's progress messages go to stderr, so that stdout stays the
+    caller's (e.g. JSON lines).
     """
-    with contextlib.redirect_stdout(sys.stderr):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
+    builder = factory()
+    if builder.is_prepared():
+        return builder
+    version_dir = Path(builder.data_dir)
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(version_dir.parent / f"{version_dir.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # Waits while another process prepares.
+        builder = factory()
+        if not builder.is_prepared():
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                )
     return builder
