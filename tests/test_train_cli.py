@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +32,16 @@ def error_line(proc):
 @pytest.mark.slow
 def test_tiny_config_writes_metrics_events_config_and_curves(tmp_path):
     workdir = tmp_path / "run"
+    # 80 train examples, some longer than 24 tokens: the 96 rows of 6 steps read past an epoch.
     proc = run_cli("--config=configs/default.py:tiny", f"--workdir={workdir}",
                    "--config.num_train_steps=6", "--config.log_every_steps=3",
                    "--config.eval_every_steps=6", "--config.checkpoint_every_steps=6",
-                   "--config.progress_bar=False")
+                   "--config.progress_bar=False", "--config.data.num_train_examples=80",
+                   "--config.data.max_source_length=24")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The data pipeline's log lines reach the CLI's stderr (INFO, as the loop's own lines).
+    assert re.search(r"dates:train: epoch 1 read \(process 0\): [1-9]\d* of \d+ examples so "
+                     r"far over-long \(dropped\)", proc.stderr), proc.stderr[-3000:]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train_loss" in r]
     assert [r["step"] for r in train] == [3, 6]

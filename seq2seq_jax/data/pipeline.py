@@ -27,6 +27,7 @@ shape as above, each keeping its rows / P.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -34,12 +35,12 @@ from collections.abc import Iterator
 import grain
 import ml_collections
 import numpy as np
-from absl import logging
 
 from seq2seq_jax.data import batching, sources
 from seq2seq_jax.data import config as config_lib
 from seq2seq_jax.data.batching import Example
 
+log = logging.getLogger(__name__)
 CHUNK_SIZE = 256
 
 
@@ -250,7 +251,7 @@ class _BatchIterator(grain.DatasetIterator):
         if plan.mode != "bucket":
             examples_per_epoch = math.ceil(plan.split_size / plan.process_count)
         if self._overlength == 0 and window.overlength:
-            logging.warning(
+            log.warning(
                 "%s: over-long examples (source > %d or target > %d tokens) are %s; the count "
                 "is logged every epoch and kept in the iterator state",
                 plan.name,
@@ -262,7 +263,7 @@ class _BatchIterator(grain.DatasetIterator):
         self._overlength += window.overlength
         self._position, self._batch, self._window = window.end, 0, None
         if self._read // examples_per_epoch > epoch_before:
-            logging.info(
+            log.info(
                 "%s: epoch %d read (process %d): %d of %d examples so far over-long (%s)",
                 plan.name,
                 self._read // examples_per_epoch,
@@ -300,7 +301,7 @@ class _BatchIterator(grain.DatasetIterator):
             int(state.get("process_count", plan.process_count)),
         )
         if saved != (plan.rows, plan.process_count):
-            logging.warning(
+            log.warning(
                 "%s: data state saved with %d rows x %d processes, restored with %d x %d: "
                 "resuming approximately",
                 plan.name,
@@ -504,7 +505,7 @@ def make_eval_batches(
     )
     truncated = sum(status == batching.TRUNCATED for _, status in encoded)
     if truncated:
-        logging.warning(
+        log.warning(
             "%s: %d of %d examples longer than %d/%d tokens were truncated for evaluation",
             plan.name,
             truncated,

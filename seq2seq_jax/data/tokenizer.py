@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,11 +24,11 @@ from typing import Any, Protocol
 import ml_collections
 import numpy as np
 import sentencepiece as spm
-from absl import logging
 
 from seq2seq_jax.data import config as config_lib
 from seq2seq_jax.data import sources
 
+log = logging.getLogger(__name__)
 _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
 PAD_ID = 0
@@ -390,10 +391,10 @@ def get_tokenizers(
         return pair
     if data_config.tokenizer_dir:
         pair = load_tokenizers(data_config.tokenizer_dir)
-        logging.info("Using the tokenizer of %s", data_config.tokenizer_dir)
+        log.info("Using the tokenizer of %s", data_config.tokenizer_dir)
     else:
         pairs = _training_pairs(data_config)
-        logging.info("Training %s tokenizer(s) on %d pairs", data_config.tokenizer, len(pairs))
+        log.info("Training %s tokenizer(s) on %d pairs", data_config.tokenizer, len(pairs))
         pair = train_tokenizers(data_config, pairs)
     if staging_dir is not None:
         directory = os.path.join(staging_dir, "tokenizer")
