@@ -118,6 +118,44 @@ def test_pack_fills_rows(tfds_dir, tok):
     assert (batch["inputs"] > 0).mean() > 0.6
 
 
+def test_pack_is_first_fit_in_stream_order(tfds_dir, tok):
+    """'pack' (Grain's FirstFitPackIterDataset) against a brute-force first fit of the stream.
+
+    'pad' reads the same stream (same shuffle, same filter) one example a row, so its rows in
+    order are the stream; each packed batch must be what first fit makes of it: every example
+    in the first row with room on both sides, a batch closed by the first example that fits
+    no row (which starts the next one), rows of the max lengths.
+    """
+    overrides = dict(max_source_length=24, max_target_length=30)  # Some examples filtered.
+    config = make_config(tfds_dir, batching="pack", **overrides)
+    packed = list(data.make_train_iterator(config, tok, tok, batch_size=4, seed=9, num_epochs=1))
+    padded = data.make_train_iterator(make_config(tfds_dir, batching="pad", **overrides), tok,
+                                      tok, batch_size=4, seed=9, num_epochs=1)
+    stream = [(s[0], t[0]) for b in padded for s, t in zip(
+        row_examples(b, "inputs", tok.eos_id), row_examples(b, "targets", tok.eos_id),
+        strict=True) if s]
+    expected, rows, free = [], None, None
+    for example in stream:
+        need = np.array([len(example[0]), len(example[1])])
+        fits = [] if rows is None else np.flatnonzero((free >= need).all(axis=1))
+        if len(fits) == 0:
+            if rows is not None:
+                expected.append(rows)
+            rows, free = [[] for _ in range(4)], np.array([[24, 30]] * 4)
+            fits = [0]
+        rows[fits[0]].append(example)
+        free[fits[0]] -= need
+    expected.append(rows)
+    assert len(packed) == len(expected) > 1
+    for batch, rows in zip(packed, expected, strict=True):
+        assert batch["inputs"].shape == (4, 24) and batch["targets"].shape == (4, 30)
+        got = zip(row_examples(batch, "inputs", tok.eos_id),
+                  row_examples(batch, "targets", tok.eos_id), strict=True)
+        for (sources, targets), want in itertools.zip_longest(got, rows, fillvalue=[]):
+            assert [s.tolist() for s in sources] == [s.tolist() for s, _ in want]
+            assert [t.tolist() for t in targets] == [t.tolist() for _, t in want]
+
+
 def test_truncate_keeps_eos_and_counts(tfds_dir, tok):
     config = make_config(tfds_dir, batching="pad", overlength="truncate", max_source_length=10)
     texts = data.load_texts(config, "train")
@@ -295,7 +333,7 @@ def test_tokenized_cache_changes_nothing(tfds_dir, tok):
     assert_same_batches(cached, uncached)  # 45 batches: more than two epochs.
 
 
-@pytest.mark.parametrize("mode", ["pad", "bucket"])
+@pytest.mark.parametrize("mode", MODES)
 def test_restore_with_other_batch_size_resumes_nearby(tfds_dir, tok, mode):
     config = make_config(tfds_dir, batching=mode)
     it = data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=2)

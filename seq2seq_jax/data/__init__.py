@@ -2,13 +2,19 @@
 
 Public API (see docs/ARCHITECTURE.md, section "Data"):
 
-- `default_data_config()`, `multi30k_data_config(...)`, `validate_data_config(config)`;
+- `default_data_config()`, `multi30k_data_config(...)`, `validate_data_config(config)` and
+  `DataConfig.from_config(config)` (the frozen, typed `config.data`, checked once);
 - `get_tokenizers(data_config, workdir)`, `load_tokenizers(directory)`;
 - `make_train_iterator(...)`, `make_eval_batches(...)`, `load_texts(...)`.
 """
 
 from seq2seq_jax.data.batching import BATCH_KEYS
-from seq2seq_jax.data.config import default_data_config, multi30k_data_config, validate_data_config
+from seq2seq_jax.data.config import (
+    DataConfig,
+    default_data_config,
+    multi30k_data_config,
+    validate_data_config,
+)
 from seq2seq_jax.data.pipeline import (
     EvalBatches,
     make_eval_batches,
@@ -29,6 +35,7 @@ from seq2seq_jax.data.tokenizer import (
 __all__ = [
     "BATCH_KEYS",
     "CharTokenizer",
+    "DataConfig",
     "EvalBatches",
     "SentencePieceTokenizer",
     "Tokenizer",

@@ -1,4 +1,4 @@
-"""Pure NumPy batch building: length policy, packing, bucketing, and the batch dict.
+"""Pure NumPy batch building: length policy, bucketing, token budgets, and the batch dict.
 
 Glossary: B rows of a batch, S source length, T target length. An example is a pair of int32
 arrays (source ids, target ids), each ending with EOS. A row is a list of examples (one unless
@@ -116,33 +116,6 @@ def assemble(rows: Sequence[Row], num_rows: int, lengths: tuple[int, int]) -> di
                 batch[f"{prefix}_position"][r, start:end] = np.arange(len(ids))
                 offsets[side] = end
     return batch
-
-
-class FirstFitPacker:
-    """Packs a stream of examples into B rows of (S, T) capacity, first fit, in order.
-
-    `add` places an example in the first row with room on both sides; it returns False (and
-    places nothing) when no row has room, which closes the batch: that example starts the
-    next one, so no example is ever split or lost.
-    """
-
-    def __init__(self, num_rows: int, lengths: tuple[int, int]):
-        self.rows: list[Row] = [[] for _ in range(num_rows)]
-        self._free = np.array([lengths] * num_rows, dtype=np.int64)  # [B, 2]
-
-    def add(self, example: Example) -> bool:
-        need = np.array([len(example[0]), len(example[1])])
-        fits = np.flatnonzero((self._free >= need).all(axis=1))
-        if fits.size == 0:
-            return False
-        r = int(fits[0])
-        self.rows[r].append(example)
-        self._free[r] -= need
-        return True
-
-    @property
-    def num_examples(self) -> int:
-        return sum(len(r) for r in self.rows)
 
 
 def bucket_groups(

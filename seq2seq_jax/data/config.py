@@ -2,13 +2,17 @@
 
 Every key the input pipeline reads is defined in `default_data_config()` with its default and a
 comment; experiment configs set `config.data = default_data_config()` and override fields.
-`validate_data_config` rejects unknown keys and unknown names with messages listing the known ones.
+`DataConfig.from_config(config.data)` (also `validate_data_config`) checks it once and returns
+the frozen, typed `DataConfig` the pipeline reads: unknown keys and names get one-line messages
+listing the known ones, bad values one naming the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -65,7 +69,6 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     # --- Splits (TFDS split strings, slicing allowed: 'train[:90%]').
     c.train_split = "train"  # Split read by the train iterator and used to train the tokenizer.
-    c.eval_split = "validation"  # Default split for evaluation.
 
     # --- Tokenizer (trained on the train split on first use, stored in WORKDIR/tokenizer/).
     c.tokenizer = "char"  # 'char' or 'sentencepiece'.
@@ -174,95 +177,269 @@ def multi30k_data_config(
     return c
 
 
-def _check_choice(config: ml_collections.ConfigDict, key: str, known: Sequence[str]) -> None:
-    if config[key] not in known:
-        raise ValueError(f"config.data.{key}={config[key]!r} is unknown; known: {list(known)}")
+def _parallel_text_error(split: str, src, tgt, tsv) -> str | None:
+    if tsv and (src or tgt):
+        return f"config.data.{split}_tsv and {split}_source/target are both set"
+    if bool(src) != bool(tgt):
+        return (f"config.data.{split}_source and {split}_target must be set together "
+                f"(got {split}_source={src!r}, {split}_target={tgt!r})")
+    return None
 
 
-def _check_positive(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
-    for key in keys:
-        if not isinstance(config[key], int) or config[key] <= 0:
-            raise ValueError(f"config.data.{key} must be a positive int, got {config[key]!r}")
+def _int(key: str, value, minimum: int | None = None, what: str = "an int") -> int:
+    """`value` as an int (bool refused) of at least `minimum`, else a one-line error naming key."""
+    if isinstance(value, bool) or not isinstance(value, int) or (
+            minimum is not None and value < minimum):
+        raise ValueError(f"config.data.{key} must be {what}, got {value!r}")
+    return int(value)
 
 
-def validate_data_config(config: ml_collections.ConfigDict) -> None:
-    """Checks keys, names and values of a data config.
+def _choice(key: str, value, known: Sequence[str]) -> str:
+    if value not in known:
+        raise ValueError(f"config.data.{key}={value!r} is unknown; known: {list(known)}")
+    return value
+
+
+def _optional_str(key: str, value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"config.data.{key} must be a string or None, got {value!r}")
+    return value or None
+
+
+def _parse_boundaries(given) -> tuple[int, ...]:
+    if isinstance(given, str):
+        try:
+            given = [int(x) for x in given.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"config.data.bucket_boundaries must be strictly increasing "
+                             f"positive ints, got {given!r}") from None
+    given = list(given)
+    if any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in given) or (
+            given != sorted(set(given))):
+        raise ValueError(
+            f"config.data.bucket_boundaries must be strictly increasing positive ints, got {given}"
+        )
+    return tuple(int(b) for b in given)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """`config.data` parsed and validated once: typed, frozen, every key of
+    `default_data_config()` (which documents them) with the same name.
+
+    Built by `DataConfig.from_config(config.data)` (or `validate_data_config`); every function of
+    `seq2seq_jax.data` taking a data config accepts it (and parses a `ConfigDict` itself).
+    Normalised on the way: `date_languages` is a tuple of codes, `bucket_boundaries` a tuple of
+    ints (a comma-separated string is accepted), unset paths are None.
+    """
+
+    name: str
+    tfds_data_dir: str
+    num_train_examples: int
+    num_validation_examples: int
+    num_test_examples: int
+    generator_seed: int
+    date_languages: tuple[str, ...]
+    addition_max_digits: int
+    reverse_max_length: int
+    train_source: str | None
+    train_target: str | None
+    train_tsv: str | None
+    validation_source: str | None
+    validation_target: str | None
+    validation_tsv: str | None
+    test_source: str | None
+    test_target: str | None
+    test_tsv: str | None
+    tfds_name: str | None
+    inputs_key: str | None
+    targets_key: str | None
+    train_split: str
+    tokenizer: str
+    vocab_size: int
+    spm_model_type: str
+    joint_vocab: bool
+    spm_character_coverage: float
+    spm_max_sentences: int
+    spm_normalization: str
+    tokenizer_dir: str | None
+    max_source_length: int
+    max_target_length: int
+    overlength: str
+    batching: str
+    bucket_boundaries: tuple[int, ...]
+    bucket_window_batches: int
+    tokens_per_batch: int
+    token_budget_padding: str
+    shuffle: bool
+    shuffle_seed: int | None
+    prefetch: int
+    cache_max_examples: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> DataConfig:
+        """Parses and checks `config.data` (missing keys take their defaults).
+
+        Raises:
+            ValueError: one line naming the unknown key (listing the known ones), the unknown
+                name (listing the known names) or the key with an invalid value.
+        """
+        defaults = default_data_config()
+        known_keys = set(defaults.keys())
+        unknown = sorted(set(config.keys()) - known_keys)
+        if unknown:
+            raise ValueError(
+                f"Unknown config.data keys {unknown}; known keys: {sorted(known_keys)}")
+        c = {k: config[k] if k in config else defaults[k] for k in defaults.keys()}
+        for key in ("name", "tokenizer", "spm_model_type", "overlength", "batching"):
+            _choice(key, c[key], _CHOICES[key])
+        for key in ("max_source_length", "max_target_length", "vocab_size",
+                    "bucket_window_batches"):
+            if not isinstance(c[key], int) or c[key] <= 0:
+                raise ValueError(f"config.data.{key} must be a positive int, got {c[key]!r}")
+        if c["max_source_length"] < 2 or c["max_target_length"] < 2:
+            raise ValueError("config.data.max_source_length/max_target_length must be >= 2 (EOS).")
+        languages = tuple(x.strip() for x in str(c["date_languages"]).split(",") if x.strip())
+        for lang in languages:
+            if lang not in DATE_LANGUAGES:
+                raise ValueError(
+                    f"config.data.date_languages has unknown language {lang!r}; "
+                    f"known: {list(DATE_LANGUAGES)}"
+                )
+        tokens = _int("tokens_per_batch", c["tokens_per_batch"], 0, "an int >= 0")
+        if c["token_budget_padding"] not in ("class", "side"):
+            raise ValueError(f"config.data.token_budget_padding must be 'class' or 'side', got "
+                             f"{c['token_budget_padding']!r}")
+        if tokens and c["batching"] != "bucket":
+            raise ValueError(
+                f"config.data.tokens_per_batch={tokens} needs batching='bucket', got "
+                f"{c['batching']!r} (set tokens_per_batch=0 for fixed rows)"
+            )
+        for key in ("num_train_examples", "num_validation_examples", "num_test_examples",
+                    "prefetch", "cache_max_examples"):
+            c[key] = _int(key, c[key], 0, "an int >= 0")
+        for key in ("addition_max_digits", "reverse_max_length", "spm_max_sentences"):
+            c[key] = _int(key, c[key], 1, "a positive int")
+        c["generator_seed"] = _int("generator_seed", c["generator_seed"])
+        if c["shuffle_seed"] is not None:
+            c["shuffle_seed"] = _int("shuffle_seed", c["shuffle_seed"], what="an int or None")
+        coverage = c["spm_character_coverage"]
+        if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not (
+                0 < coverage <= 1):
+            raise ValueError(f"config.data.spm_character_coverage must be in (0, 1], got "
+                             f"{coverage!r}")
+        paths = [f"{split}_{k}" for split in SPLIT_NAMES for k in ("source", "target", "tsv")]
+        for key in [*paths, "tfds_name", "inputs_key", "targets_key", "tokenizer_dir"]:
+            c[key] = _optional_str(key, c[key])
+        if c["name"] == "parallel_text":
+            for split in SPLIT_NAMES:
+                error = _parallel_text_error(split, *(c[f"{split}_{k}"] for k in
+                                                      ("source", "target", "tsv")))
+                if error:
+                    raise ValueError(error)
+        if c["name"] == "tfds" and not c["tfds_name"]:
+            raise ValueError(
+                "config.data.name='tfds' needs config.data.tfds_name (e.g. "
+                "'wmt14_translate/de-en'), inputs_key (e.g. 'de') and targets_key (e.g. 'en')"
+            )
+        if c["name"] == "tfds" and not (c["inputs_key"] and c["targets_key"]):
+            raise ValueError(
+                "config.data.name='tfds' needs config.data.inputs_key (e.g. 'de') and "
+                "targets_key (e.g. 'en'), the features holding the source and target texts"
+            )
+        c.update(
+            date_languages=languages,
+            bucket_boundaries=_parse_boundaries(c["bucket_boundaries"]),
+            joint_vocab=bool(c["joint_vocab"]),
+            shuffle=bool(c["shuffle"]),
+            spm_character_coverage=float(coverage),
+        )
+        return cls(**c)
+
+    @property
+    def max_lengths(self) -> tuple[int, int]:
+        """(max_source_length, max_target_length), EOS included."""
+        return (self.max_source_length, self.max_target_length)
+
+    def boundaries(self, max_length: int) -> tuple[int, ...]:
+        """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`.
+
+        Args:
+            max_length: The side's maximum length; it is always the last boundary.
+
+        Returns:
+            Strictly increasing lengths, all <= `max_length`, the last one equal to it: the
+            given `bucket_boundaries` below it, or automatic ones (8, 16, 32, ...; with
+            `tokens_per_batch` four per octave: 8, 10, 12, 14, 16, 20, ...).
+        """
+        given = list(self.bucket_boundaries)
+        if not given:
+            per_octave = 4 if self.tokens_per_batch else 1
+            b = 8
+            while b < max_length:
+                given.append(b)
+                b += max(1, (1 << (b.bit_length() - 1)) // per_octave)  # 2^floor(log2 b) / n
+        return tuple([b for b in given if b < max_length] + [max_length])
+
+    @property
+    def side_boundaries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(source boundaries, target boundaries): `boundaries` of each side's max length."""
+        return (self.boundaries(self.max_source_length), self.boundaries(self.max_target_length))
+
+    @property
+    def length_classes(self) -> tuple[int, ...]:
+        """The length classes L of token-budget batches: the boundaries up to the longer max
+        length."""
+        return self.boundaries(max(self.max_lengths))
+
+    def split_files(self, split: str) -> tuple[str | None, str | None, str | None]:
+        """(`<split>_source`, `<split>_target`, `<split>_tsv`) of 'parallel_text'."""
+        return tuple(getattr(self, f"{split}_{k}") for k in ("source", "target", "tsv"))
+
+
+_CHOICES = {
+    "name": DATASET_NAMES,
+    "tokenizer": TOKENIZER_NAMES,
+    "spm_model_type": SPM_MODEL_TYPES,
+    "overlength": OVERLENGTH_POLICIES,
+    "batching": BATCHING_MODES,
+}
+
+AnyDataConfig = DataConfig | ml_collections.ConfigDict | Mapping[str, Any]
+
+
+def parse(config: AnyDataConfig) -> DataConfig:
+    """`config` itself if it is a `DataConfig` (already checked), else `DataConfig.from_config`."""
+    return config if isinstance(config, DataConfig) else DataConfig.from_config(config)
+
+
+def validate_data_config(config: AnyDataConfig) -> DataConfig:
+    """Checks keys, names and values of a data config, once, and returns it parsed.
 
     Args:
         config: A data config (normally `config.data`).
+
+    Returns:
+        The `DataConfig` to pass to the pipeline, so that nothing checks it again.
 
     Raises:
         ValueError: naming the unknown key (and listing the known ones), the unknown name
             (listing the known names) or the invalid value.
     """
-    known_keys = set(default_data_config().keys())
-    unknown = sorted(set(config.keys()) - known_keys)
-    if unknown:
-        raise ValueError(f"Unknown config.data keys {unknown}; known keys: {sorted(known_keys)}")
-    _check_choice(config, "name", DATASET_NAMES)
-    _check_choice(config, "tokenizer", TOKENIZER_NAMES)
-    _check_choice(config, "spm_model_type", SPM_MODEL_TYPES)
-    _check_choice(config, "overlength", OVERLENGTH_POLICIES)
-    _check_choice(config, "batching", BATCHING_MODES)
-    _check_positive(
-        config,
-        ["max_source_length", "max_target_length", "vocab_size", "bucket_window_batches"],
-    )
-    if config.max_source_length < 2 or config.max_target_length < 2:
-        raise ValueError("config.data.max_source_length/max_target_length must be >= 2 (EOS).")
-    for lang in date_languages(config):
-        if lang not in DATE_LANGUAGES:
-            raise ValueError(
-                f"config.data.date_languages has unknown language {lang!r}; "
-                f"known: {list(DATE_LANGUAGES)}"
-            )
-    tokens = config.tokens_per_batch
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValueError(f"config.data.tokens_per_batch must be an int >= 0, got {tokens!r}")
-    if config.token_budget_padding not in ("class", "side"):
-        raise ValueError(f"config.data.token_budget_padding must be 'class' or 'side', got "
-                         f"{config.token_budget_padding!r}")
-    if tokens and config.batching != "bucket":
-        raise ValueError(
-            f"config.data.tokens_per_batch={tokens} needs batching='bucket', got "
-            f"{config.batching!r} (set tokens_per_batch=0 for fixed rows)"
-        )
-    bucket_boundaries(config, config.max_source_length)  # Raises on a bad list.
+    return parse(config)
 
 
-def length_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+def length_classes(config: AnyDataConfig) -> tuple[int, ...]:
     """The length classes L of token-budget batches: the boundaries up to the longer max length."""
-    return bucket_boundaries(config, max(config.max_source_length, config.max_target_length))
+    return parse(config).length_classes
 
 
-def date_languages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def date_languages(config: AnyDataConfig) -> tuple[str, ...]:
     """Returns the languages of `config.date_languages` (a comma-separated string)."""
-    return tuple(x.strip() for x in str(config.date_languages).split(",") if x.strip())
+    return parse(config).date_languages
 
 
-def bucket_boundaries(config: ml_collections.ConfigDict, max_length: int) -> tuple[int, ...]:
-    """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`.
-
-    Args:
-        config: The data config (`bucket_boundaries`: ints, or () for automatic ones: 8, 16,
-            32, ..., or with `tokens_per_batch` four per octave: 8, 10, 12, 14, 16, 20, ...).
-        max_length: The side's maximum length; it is always the last boundary.
-
-    Returns:
-        Strictly increasing lengths, all <= `max_length`, the last one equal to it.
-    """
-    given = config.bucket_boundaries
-    if isinstance(given, str):
-        given = [int(x) for x in given.split(",") if x.strip()]
-    given = list(given)
-    if any(not isinstance(b, int) or b <= 0 for b in given) or given != sorted(set(given)):
-        raise ValueError(
-            f"config.data.bucket_boundaries must be strictly increasing positive ints, got {given}"
-        )
-    if not given:
-        per_octave = 4 if config.get("tokens_per_batch", 0) else 1
-        given, b = [], 8
-        while b < max_length:
-            given.append(b)
-            b += max(1, (1 << (b.bit_length() - 1)) // per_octave)  # 2^floor(log2 b) / n
-    return tuple([b for b in given if b < max_length] + [max_length])
+def bucket_boundaries(config: AnyDataConfig, max_length: int) -> tuple[int, ...]:
+    """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`
+    (`DataConfig.boundaries`)."""
+    return parse(config).boundaries(max_length)

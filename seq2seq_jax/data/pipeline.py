@@ -4,69 +4,37 @@ Train stream (glossary: B rows per host, P processes, N examples in the split):
 
     source (TFDS array_record) -> global shuffle, reseeded every epoch -> repeat
     -> [pad|pack: this host's positions p, p+P, ...] -> chunks of 256 -> tokenize + length policy
-    -> batches (pad | bucket | pack) -> background prefetch
+    -> batches (the batching mode, `modes.py`) -> background prefetch
 
 Every batch has exactly B rows. 'pad' and 'pack' give one shape, (B, max_source_length) and
-(B, max_target_length); 'bucket' pads each side to the next bucket boundary. For 'bucket' all
-hosts read the same global window of `bucket_window_batches * B * P` examples, sort it by length
-and cut global batches of B * P rows, of which each host keeps its B: shapes agree on every host
-at every step (jit sees the same global shape), at the price of tokenizing the window P times.
-
-The iterator's state is a few integers (`position` in the stream, `batch_in_window`,
-`examples_read`, `examples_overlength`, and the `rows` and `process_count` it was made with):
-restoring it rebuilds the window from the deterministic stream, so batch k+1 onwards come out
-exactly as they would have.
-
-Token budgets (`data.tokens_per_batch`, 'bucket' only): the window is cut by
-`batching.token_budget_groups` into batches of one length class L each, with the class's rows
-from a fixed table (`batching.token_budget_rows`: rows x L <= budget, a multiple of the device
-count, at most B * P), so each step function sees one shape per class; hosts agree on every
-shape as above, each keeping its rows / P.
+(B, max_target_length); 'bucket' pads each side to the next bucket boundary, and all hosts read
+the same global window and keep their rows of each global batch (same shapes on every host at
+every step, at the price of tokenizing the window P times). How each mode cuts the stream, and
+the iterator state (a few integers that resume exactly), are in `modes.py`; `config.data`
+is parsed once into a `DataConfig` (`config.py`), which every function here accepts (a
+`ConfigDict` is parsed on the way in).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
 from collections.abc import Iterator
 
 import grain
-import ml_collections
 import numpy as np
 
-from seq2seq_jax.data import batching, sources
+from seq2seq_jax.data import batching, modes, sources
 from seq2seq_jax.data import config as config_lib
 from seq2seq_jax.data.batching import Example
+from seq2seq_jax.data.modes import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
-CHUNK_SIZE = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Resolved batching settings of one pipeline."""
-
-    mode: str
-    rows: int  # B, per host
-    process_index: int
-    process_count: int
-    max_lengths: tuple[int, int]
-    boundaries: tuple[tuple[int, ...], tuple[int, ...]]
-    truncate: bool
-    window_batches: int
-    seed: int
-    split_size: int  # N
-    name: str
-    # Token budgets ('bucket' with data.tokens_per_batch): {length class L: global rows}; empty
-    # when off. `rows` is then the largest rows value per host (batch_size / P).
-    rows_by_length: dict[int, int] = dataclasses.field(default_factory=dict)
-    budget_padding: str = "side"  # data.token_budget_padding
 
 
 def _make_plan(
-    data_config: ml_collections.ConfigDict,
+    data_config: config_lib.DataConfig,
     batch_size: int,
     process_index: int,
     process_count: int,
@@ -74,38 +42,27 @@ def _make_plan(
     split_size: int,
     name: str,
     row_multiple: int = 1,
-) -> _Plan:
-    config_lib.validate_data_config(data_config)
+) -> modes.Plan:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
-    lengths = (data_config.max_source_length, data_config.max_target_length)
-    rows_by_length = {}
-    if data_config.tokens_per_batch:
-        rows_by_length = batching.token_budget_rows(
-            config_lib.length_classes(data_config), data_config.tokens_per_batch,
-            max_rows=batch_size * process_count, multiple=math.lcm(row_multiple, process_count))
-    return _Plan(
-        mode=data_config.batching,
+    return modes.Plan(
         rows=batch_size,
         process_index=process_index,
         process_count=process_count,
-        max_lengths=lengths,
-        boundaries=tuple(config_lib.bucket_boundaries(data_config, n) for n in lengths),
+        max_lengths=data_config.max_lengths,
         truncate=data_config.overlength == "truncate",
-        window_batches=data_config.bucket_window_batches,
         seed=int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0]),
         split_size=split_size,
         name=name,
-        rows_by_length=rows_by_length,
-        budget_padding=data_config.token_budget_padding,
+        row_multiple=row_multiple,
     )
 
 
 def _chunk_stream(
     text_source: sources.TextPairSource,
-    plan: _Plan,
+    mode: modes.Mode,
     source_tok,
     target_tok,
     *,
@@ -120,11 +77,12 @@ def _chunk_stream(
     batched array_record read and tokenized in one call, and memoised per index when the split
     has at most `cache_max_examples` examples.
     """
+    plan = mode.plan
     indices = grain.MapDataset.range(len(text_source))
     if shuffle:
         indices = indices.shuffle(seed=plan.seed)
     indices = indices.repeat(num_epochs)
-    if plan.mode != "bucket" and plan.process_count > 1:
+    if mode.shards_stream and plan.process_count > 1:
         indices = indices[plan.process_index :: plan.process_count]
     encode = lambda chunk: batching.encode_pairs(
         text_source.read(chunk), source_tok, target_tok, plan.max_lengths, plan.truncate
@@ -148,188 +106,8 @@ class _CachedEncoder:
         return [self._cache[i] for i in chunk]
 
 
-@dataclasses.dataclass
-class _Window:
-    batches: list[dict[str, np.ndarray]]
-    end: int  # stream position after the window
-    read: int  # stream positions consumed
-    overlength: int  # of which over-long (filtered or truncated)
-
-
-class _BatchIterator(grain.DatasetIterator):
-    """Builds batches window by window from the tokenized stream; its state is integers."""
-
-    def __init__(self, chunks: grain.MapDataset, stream_length: int, plan: _Plan):
-        super().__init__()
-        self._chunks, self._stream_length, self._plan = chunks, stream_length, plan
-        self._position = self._batch = self._read = self._overlength = 0
-        self._window: _Window | None = None
-        self._chunk_cache: tuple[int, list] = (-1, [])
-
-    def _example(self, position: int) -> tuple[Example | None, int] | None:
-        """(example or None if filtered, status) at a stream position; None past the end."""
-        if position >= self._stream_length:
-            return None
-        index, offset = divmod(position, CHUNK_SIZE)
-        if self._chunk_cache[0] != index:
-            self._chunk_cache = (index, self._chunks[index])
-        return self._chunk_cache[1][offset]
-
-    def _take(
-        self, start: int, stop_after_kept: float, packer: batching.FirstFitPacker | None = None
-    ) -> tuple[list[Example], int, int]:
-        """Reads kept examples from `start`.
-
-        Returns:
-            (kept examples, position after the last one read, over-long examples read).
-        """
-        kept, position, overlength, dropped_in_a_row = [], start, 0, 0
-        while len(kept) < stop_after_kept:
-            item = self._example(position)
-            if item is None:
-                break
-            example, status = item
-            if example is None:
-                dropped_in_a_row += 1
-                if dropped_in_a_row > self._plan.split_size:
-                    raise ValueError(
-                        f"{self._plan.name}: every example is longer than max_source_length="
-                        f"{self._plan.max_lengths[0]} / max_target_length="
-                        f"{self._plan.max_lengths[1]} (overlength='filter')"
-                    )
-            else:
-                dropped_in_a_row = 0
-                if packer is not None and not packer.add(example):
-                    break
-                kept.append(example)
-            overlength += status != batching.KEPT
-            position += 1
-        return kept, position, overlength
-
-    def _build_window(self, start: int) -> _Window:
-        plan = self._plan
-        if plan.mode == "pack":
-            packer = batching.FirstFitPacker(plan.rows, plan.max_lengths)
-            kept, end, overlength = self._take(start, math.inf, packer)
-            rows = [r for r in packer.rows if r]
-            batches = [batching.assemble(rows, plan.rows, plan.max_lengths)] if kept else []
-        elif plan.mode == "pad":
-            kept, end, overlength = self._take(start, plan.rows)
-            batches = [batching.assemble([[e] for e in kept], plan.rows, plan.max_lengths)]
-            batches = batches if kept else []
-        else:
-            group_size = plan.rows * plan.process_count
-            kept, end, overlength = self._take(start, plan.window_batches * group_size)
-            rng = np.random.default_rng([plan.seed, start])
-            if plan.rows_by_length:
-                groups = batching.token_budget_groups(
-                    kept, plan.rows_by_length, plan.max_lengths, rng, plan.budget_padding)
-            else:
-                groups = [(group, lengths, group_size) for group, lengths in
-                          batching.bucket_groups(kept, group_size, plan.boundaries, rng)]
-            batches = []
-            for group, lengths, global_rows in groups:
-                rows = global_rows // plan.process_count  # This host's rows of the batch.
-                mine = group[plan.process_index * rows : (plan.process_index + 1) * rows]
-                batches.append(batching.assemble([[e] for e in mine], rows, lengths))
-        return _Window(batches, end, end - start, overlength)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._window is None:
-            self._window = self._build_window(self._position)
-        if self._batch >= len(self._window.batches):
-            raise StopIteration
-        batch = self._window.batches[self._batch]
-        self._batch += 1
-        if self._batch == len(self._window.batches):
-            self._finish_window()
-        return batch
-
-    def _finish_window(self) -> None:
-        window, plan = self._window, self._plan
-        examples_per_epoch = plan.split_size
-        if plan.mode != "bucket":
-            examples_per_epoch = math.ceil(plan.split_size / plan.process_count)
-        if self._overlength == 0 and window.overlength:
-            log.warning(
-                "%s: over-long examples (source > %d or target > %d tokens) are %s; the count "
-                "is logged every epoch and kept in the iterator state",
-                plan.name,
-                *plan.max_lengths,
-                "truncated" if plan.truncate else "dropped",
-            )
-        epoch_before = self._read // examples_per_epoch
-        self._read += window.read
-        self._overlength += window.overlength
-        self._position, self._batch, self._window = window.end, 0, None
-        if self._read // examples_per_epoch > epoch_before:
-            log.info(
-                "%s: epoch %d read (process %d): %d of %d examples so far over-long (%s)",
-                plan.name,
-                self._read // examples_per_epoch,
-                plan.process_index,
-                self._overlength,
-                self._read,
-                "truncated" if plan.truncate else "dropped",
-            )
-
-    def get_state(self) -> dict[str, int]:
-        return {
-            "position": int(self._position),
-            "batch_in_window": int(self._batch),
-            "examples_read": int(self._read),
-            "examples_overlength": int(self._overlength),
-            "rows": int(self._plan.rows),
-            "process_count": int(self._plan.process_count),
-        }
-
-    def set_state(self, state: dict[str, int]) -> None:
-        """Restores a state; one saved with other rows or process count resumes approximately.
-
-        Same rows and process count: exactly the next batch. Otherwise (with a warning) the
-        stream resumes from the start of the saved window ('bucket', so a few examples may be
-        seen twice), or from the same point of the global stream ('pad'/'pack').
-        """
-        plan = self._plan
-        self._position = int(state["position"])
-        self._batch = int(state["batch_in_window"])
-        self._read = int(state["examples_read"])
-        self._overlength = int(state["examples_overlength"])
-        self._window = None
-        saved = (
-            int(state.get("rows", plan.rows)),
-            int(state.get("process_count", plan.process_count)),
-        )
-        if saved != (plan.rows, plan.process_count):
-            log.warning(
-                "%s: data state saved with %d rows x %d processes, restored with %d x %d: "
-                "resuming approximately",
-                plan.name,
-                *saved,
-                plan.rows,
-                plan.process_count,
-            )
-            self._batch = 0
-            if plan.mode != "bucket":
-                self._position = self._position * saved[1] // plan.process_count
-
-
-class _BatchDataset(grain.IterDataset):
-    """IterDataset of batch dicts over a MapDataset of tokenized chunks."""
-
-    def __init__(self, chunks: grain.MapDataset, stream_length: int, plan: _Plan):
-        super().__init__(chunks)
-        self._stream_length, self._plan = stream_length, plan
-
-    def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent, self._stream_length, self._plan)
-
-    def __str__(self) -> str:
-        return f"Seq2seqBatches(mode={self._plan.mode}, rows={self._plan.rows})"
-
-
 def make_train_dataset(
-    data_config: ml_collections.ConfigDict,
+    data_config: config_lib.AnyDataConfig,
     source_tokenizer,
     target_tokenizer,
     *,
@@ -341,6 +119,7 @@ def make_train_dataset(
     row_multiple: int = 1,
 ) -> grain.IterDataset:
     """Returns the train `IterDataset` (see `make_train_iterator`, which iterates it)."""
+    data_config = config_lib.parse(data_config)
     split = data_config.train_split
     text_source = sources.open_split(data_config, split)
     if data_config.shuffle_seed is not None:
@@ -355,6 +134,7 @@ def make_train_dataset(
         f"{data_config.name}:{split}",
         row_multiple,
     )
+    mode = modes.for_config(data_config, plan)
     if len(text_source) < batch_size * process_count:
         raise ValueError(
             f"Dataset {plan.name} has {len(text_source)} examples, fewer than one batch "
@@ -362,7 +142,7 @@ def make_train_dataset(
         )
     chunks = _chunk_stream(
         text_source,
-        plan,
+        mode,
         source_tokenizer,
         target_tokenizer,
         shuffle=data_config.shuffle,
@@ -372,9 +152,9 @@ def make_train_dataset(
     stream_length = len(text_source) * (num_epochs or 1)
     if num_epochs is None:
         stream_length = sys.maxsize
-    if plan.mode != "bucket":
+    if mode.shards_stream:
         stream_length = len(range(process_index, stream_length, process_count))
-    dataset = _BatchDataset(chunks, stream_length, plan)
+    dataset = mode.train_dataset(chunks, stream_length)
     if data_config.prefetch > 0:
         dataset = grain.experimental.ThreadPrefetchIterDataset(
             dataset, prefetch_buffer_size=data_config.prefetch
@@ -383,7 +163,7 @@ def make_train_dataset(
 
 
 def make_train_iterator(
-    data_config: ml_collections.ConfigDict,
+    data_config: config_lib.AnyDataConfig,
     source_tokenizer,
     target_tokenizer,
     *,
@@ -397,7 +177,7 @@ def make_train_iterator(
     """Returns the deterministic, checkpointable iterator of train batches of this host.
 
     Args:
-        data_config: `config.data`.
+        data_config: `config.data`: a `DataConfig`, or a `ConfigDict` parsed here.
         source_tokenizer: Tokenizer of the source side.
         target_tokenizer: Tokenizer of the target side.
         batch_size: Rows of every batch on this host (B); with `data.tokens_per_batch`, the
@@ -438,11 +218,12 @@ class EvalBatches:
     Global batch g holds examples [g*B*P, (g+1)*B*P); process p gets rows [p*B, (p+1)*B) of it,
     so concatenating the processes' rows in process order restores the split order (the
     order of `load_texts`); all-zero rows fill the end. Every process yields the same number
-    of batches with the same shapes. Over-long examples are truncated, never dropped.
+    of batches with the same shapes (the mode's `eval_lengths` of the global batch). Over-long
+    examples are truncated, never dropped.
     """
 
-    def __init__(self, examples: list[Example], plan: _Plan):
-        self._examples, self._plan = examples, plan
+    def __init__(self, examples: list[Example], mode: modes.Mode):
+        self._examples, self._mode, self._plan = examples, mode, mode.plan
 
     def __len__(self) -> int:
         return max(1, math.ceil(len(self._examples) / (self._plan.rows * self._plan.process_count)))
@@ -452,19 +233,13 @@ class EvalBatches:
         group_size = plan.rows * plan.process_count
         for g in range(len(self)):
             group = self._examples[g * group_size : (g + 1) * group_size]
-            lengths = plan.max_lengths
-            if plan.mode != "pad" and group:
-                lengths = tuple(
-                    batching.padded_length(max(len(e[side]) for e in group), plan.boundaries[side])
-                    for side in (0, 1)
-                )
             start = g * group_size + plan.process_index * plan.rows
             mine = self._examples[start : min(start + plan.rows, (g + 1) * group_size)]
-            yield batching.assemble([[e] for e in mine], plan.rows, lengths)
+            yield batching.assemble([[e] for e in mine], plan.rows, self._mode.eval_lengths(group))
 
 
 def make_eval_batches(
-    data_config: ml_collections.ConfigDict,
+    data_config: config_lib.AnyDataConfig,
     source_tokenizer,
     target_tokenizer,
     *,
@@ -477,8 +252,9 @@ def make_eval_batches(
     """Returns the finite batches of a split (each example once, in `load_texts` order).
 
     Args:
-        data_config: `config.data` ('pad' pads to the max lengths; 'bucket' and 'pack' pad each
-            batch to the next bucket boundary; no packing).
+        data_config: `config.data`, a `DataConfig` or a `ConfigDict` parsed here ('pad' pads
+            to the max lengths; 'bucket' and 'pack' pad each batch to the next bucket
+            boundary; no packing).
         source_tokenizer: Tokenizer of the source side.
         target_tokenizer: Tokenizer of the target side.
         split: TFDS split string, e.g. 'validation'.
@@ -490,6 +266,7 @@ def make_eval_batches(
     Returns:
         An `EvalBatches` (re-iterable; `len()` = number of batches).
     """
+    data_config = config_lib.parse(data_config)
     pairs = sources.load_texts(data_config, split, max_examples)
     plan = _make_plan(
         data_config,
@@ -512,4 +289,4 @@ def make_eval_batches(
             len(pairs),
             *plan.max_lengths,
         )
-    return EvalBatches([example for example, _ in encoded], plan)
+    return EvalBatches([example for example, _ in encoded], modes.for_config(data_config, plan))

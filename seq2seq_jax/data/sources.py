@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
@@ -34,14 +33,14 @@ absl_logging.get_absl_logger().addFilter(_QuietCustomConfig())
 _BUILDER_CACHE: dict[tuple, tuple[tfds.core.DatasetBuilder, str, str]] = {}
 
 
-def _data_dir(data_config: ml_collections.ConfigDict) -> str:
+def _data_dir(data_config: config_lib.DataConfig) -> str:
     return os.path.expanduser(data_config.tfds_data_dir)
 
 
 _BuilderSpec = tuple[tuple, Callable[[], tfds.core.DatasetBuilder]]  # (cache key, factory)
 
 
-def _generated_builder(data_config: ml_collections.ConfigDict) -> _BuilderSpec:
+def _generated_builder(data_config: config_lib.DataConfig) -> _BuilderSpec:
     sizes = {
         "train": data_config.num_train_examples,
         "validation": data_config.num_validation_examples,
@@ -51,7 +50,7 @@ def _generated_builder(data_config: ml_collections.ConfigDict) -> _BuilderSpec:
         data_config.name,
         sizes,
         data_config.generator_seed,
-        languages=config_lib.date_languages(data_config) if data_config.name == "dates" else (),
+        languages=data_config.date_languages if data_config.name == "dates" else (),
         max_digits=data_config.addition_max_digits if data_config.name == "addition" else 0,
         max_length=data_config.reverse_max_length if data_config.name == "reverse" else 0,
     )
@@ -61,17 +60,10 @@ def _generated_builder(data_config: ml_collections.ConfigDict) -> _BuilderSpec:
     return ("generated", _data_dir(data_config), builder_config.name), factory
 
 
-def _parallel_text_builder(data_config: ml_collections.ConfigDict) -> _BuilderSpec:
+def _parallel_text_builder(data_config: config_lib.DataConfig) -> _BuilderSpec:
     split_files = {}
     for split in config_lib.SPLIT_NAMES:
-        src, tgt, tsv = (data_config[f"{split}_{k}"] for k in ("source", "target", "tsv"))
-        if tsv and (src or tgt):
-            raise ValueError(f"config.data.{split}_tsv and {split}_source/target are both set")
-        if bool(src) != bool(tgt):
-            raise ValueError(
-                f"config.data.{split}_source and {split}_target must be set together "
-                f"(got {split}_source={src!r}, {split}_target={tgt!r})"
-            )
+        src, tgt, tsv = data_config.split_files(split)  # Checked by DataConfig.from_config.
         if tsv:
             split_files[split] = ("tsv", tsv, "")
         elif src:
@@ -83,13 +75,13 @@ def _parallel_text_builder(data_config: ml_collections.ConfigDict) -> _BuilderSp
     return ("parallel_text", _data_dir(data_config), builder_config.name), factory
 
 
-def _registry_builder(data_config: ml_collections.ConfigDict) -> _BuilderSpec:
+def _registry_builder(data_config: config_lib.DataConfig) -> _BuilderSpec:
     path = _prepared_dir(_data_dir(data_config), data_config.tfds_name or "")
     return ("tfds", path), lambda: _open_registry_builder(data_config, path)
 
 
 def _open_registry_builder(
-    data_config: ml_collections.ConfigDict, path: str
+    data_config: config_lib.DataConfig, path: str
 ) -> tfds.core.DatasetBuilder:
     name = data_config.tfds_name
     builder = tfds.builder_from_directory(path)
@@ -133,7 +125,7 @@ def _prepared_dir(data_dir: str, name: str) -> str:
     return os.path.join(root, latest)
 
 
-_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], _BuilderSpec]] = {
+_BUILDERS: dict[str, Callable[[config_lib.DataConfig], _BuilderSpec]] = {
     "dates": _generated_builder,
     "addition": _generated_builder,
     "reverse": _generated_builder,
@@ -143,7 +135,7 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], _BuilderSpec]] = {
 
 
 def get_builder(
-    data_config: ml_collections.ConfigDict,
+    data_config: config_lib.AnyDataConfig,
 ) -> tuple[tfds.core.DatasetBuilder, str, str]:
     """Returns the prepared builder of `data_config.name` and its (source, target) feature keys.
 
@@ -154,14 +146,7 @@ def get_builder(
         ValueError: unknown dataset name (the message lists the known ones), bad options.
         FileNotFoundError: a parallel text file, or an unprepared registry dataset.
     """
-    if data_config.name not in _BUILDERS:
-        raise ValueError(f"Unknown dataset name {data_config.name!r}; known: {list(_BUILDERS)}")
-    config_lib.validate_data_config(data_config)
-    if data_config.name == "tfds" and not (data_config.inputs_key and data_config.targets_key):
-        raise ValueError(
-            "config.data.name='tfds' needs config.data.inputs_key (e.g. 'de') and targets_key "
-            "(e.g. 'en'), the features holding the source and target texts"
-        )
+    data_config = config_lib.parse(data_config)  # Names and options checked there.
     key, factory = _BUILDERS[data_config.name](data_config)
     if data_config.name == "tfds":
         key += (data_config.inputs_key, data_config.targets_key)
@@ -209,12 +194,13 @@ def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def open_split(data_config: ml_collections.ConfigDict, split: str) -> TextPairSource:
+def open_split(data_config: config_lib.AnyDataConfig, split: str) -> TextPairSource:
     """Opens one split (a TFDS split string, e.g. 'train' or 'validation[:100]').
 
     Raises:
         ValueError: the split does not exist (the message lists the ones that do) or is empty.
     """
+    data_config = config_lib.parse(data_config)
     builder, source_key, target_key = get_builder(data_config)
     base = re.split(r"[\[+]", split, maxsplit=1)[0]
     available = sorted(builder.info.splits.keys())
@@ -234,12 +220,12 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> TextPairSo
 
 
 def load_texts(
-    data_config: ml_collections.ConfigDict, split: str, max_examples: int | None = None
+    data_config: config_lib.AnyDataConfig, split: str, max_examples: int | None = None
 ) -> list[TextPair]:
     """Returns the raw (source, target) texts of a split, in stored order (= eval batch order).
 
     Args:
-        data_config: `config.data`.
+        data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
         split: TFDS split string.
         max_examples: Keep only the first this many.
 

@@ -354,7 +354,7 @@ def _training_pairs(data_config: ml_collections.ConfigDict) -> list[tuple[str, s
 
 
 def get_tokenizers(
-    data_config: ml_collections.ConfigDict, workdir: str, staging_dir: str | None = None
+    data_config: config_lib.AnyDataConfig, workdir: str, staging_dir: str | None = None
 ) -> tuple[Tokenizer, Tokenizer]:
     """Returns (source, target) tokenizers: loaded from the workdir, or trained and saved there.
 
@@ -366,7 +366,7 @@ def get_tokenizers(
     atomic, so concurrent first calls cannot corrupt the files, but would train twice).
 
     Args:
-        data_config: `config.data`.
+        data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
         workdir: The experiment directory.
         staging_dir: If given, a tokenizer that is not in the workdir yet is saved to
             `staging_dir/tokenizer` instead (the caller moves it into the workdir once the run
@@ -378,7 +378,7 @@ def get_tokenizers(
     Raises:
         ValueError: the stored tokenizer was trained with other options than the config's.
     """
-    config_lib.validate_data_config(data_config)
+    data_config = config_lib.parse(data_config)
     directory = os.path.join(workdir, "tokenizer")
     if os.path.isdir(directory):
         pair = load_tokenizers(directory)
