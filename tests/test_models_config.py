@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from seq2seq_jax.models import (
+    EncoderDecoder,
     ModelConfig,
     RNNSearch,
     Transformer,
     build_model,
+    check_batching,
     config_keys,
     default_model_config,
     get_model_class,
@@ -100,6 +102,29 @@ def test_registry():
     locked = ml_collections.ConfigDict(default_model_config("rnnsearch").to_dict())
     locked.lock()
     assert ModelConfig.from_config(locked, **VOCAB).name == "rnnsearch"
+
+
+def test_capabilities_are_declared_on_the_model_classes():
+    assert issubclass(RNNSearch, EncoderDecoder) and issubclass(Transformer, EncoderDecoder)
+    assert RNNSearch.supports_packing is False and Transformer.supports_packing is True
+    cfg = ModelConfig.from_config(default_model_config("transformer_multi30k"), **VOCAB)
+    assert Transformer.max_length(cfg) == 256 and RNNSearch.max_length(cfg) is None
+    # One __call__ / decode for both families: the subclasses do not redefine them.
+    for cls in (RNNSearch, Transformer):
+        assert "__call__" not in vars(cls) and "decode" not in vars(cls)
+
+
+def test_check_batching_rejects_packing_for_a_recurrent_family_in_one_line():
+    for name in ("rnnsearch", "rnnsearch_reference", "rnnsearch50"):
+        with pytest.raises(ValueError, match=r"config\.data\.batching='pack' is not supported by "
+                           rf"config\.model\.name='{name}' \(RNNSearch\.supports_packing") as e:
+            check_batching(name, "pack")
+        assert "\n" not in str(e.value)
+        check_batching(name, "bucket")
+        check_batching(name, "pad")
+    for name in ("transformer", "transformer_multi30k"):
+        check_batching(name, "pack")
+    check_batching("lstm_of_doom", "pack")  # An unknown name is ModelConfig.validate's error.
 
 
 def _shift_reference(targets, segmentation, bos):

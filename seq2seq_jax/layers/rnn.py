@@ -167,7 +167,8 @@ class RecurrentLayer(nn.Module):
         chex.assert_rank(x, 3)
         chex.assert_shape(lengths, (x.shape[0],))
         cell = RecurrentCell(
-            self.cell_type, self.hidden_size, self.dtype, self.param_dtype, name="cell"
+            cell_type=self.cell_type, hidden_size=self.hidden_size, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="cell",
         )
         projected = cell.project_inputs(x)  # [B, L, G*H], all steps in one matmul
         if self.reverse:
@@ -228,13 +229,14 @@ class RNNEncoder(nn.Module):
                 x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
             kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
             fwd, fwd_carry = RecurrentLayer(
-                self.cell_type, self.hidden_size, name=f"layer_{layer}_fwd", **kwargs
+                cell_type=self.cell_type, hidden_size=self.hidden_size,
+                name=f"layer_{layer}_fwd", **kwargs,
             )(x, lengths)
             finals = (carry_hidden(fwd_carry),)
             if self.bidirectional:
                 bwd, bwd_carry = RecurrentLayer(
-                    self.cell_type, self.hidden_size, reverse=True, name=f"layer_{layer}_bwd",
-                    **kwargs,
+                    cell_type=self.cell_type, hidden_size=self.hidden_size, reverse=True,
+                    name=f"layer_{layer}_bwd", **kwargs,
                 )(x, lengths)
                 finals = finals + (carry_hidden(bwd_carry),)
                 x = jnp.concatenate([fwd, bwd], axis=-1)  # [B, L, 2H]

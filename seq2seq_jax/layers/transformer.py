@@ -148,11 +148,12 @@ class EncoderLayer(nn.Module):
         """x [B, S, D], mask bool [B, S, S] -> [B, S, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout_rate)
-        y, _ = SelfAttention(self.num_heads, self.attention_dropout_rate, **kw)(
+        y, _ = SelfAttention(num_heads=self.num_heads,
+                             dropout_rate=self.attention_dropout_rate, **kw)(
             nn.LayerNorm(**kw)(x), mask, deterministic=deterministic
         )
         x = x + drop(y, deterministic=deterministic)
-        y = MlpBlock(self.mlp_dim, self.dropout_rate, **kw)(
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, **kw)(
             nn.LayerNorm(**kw)(x), deterministic=deterministic
         )
         return x + drop(y, deterministic=deterministic)
@@ -187,7 +188,8 @@ class DecoderLayer(nn.Module):
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.self_norm = nn.LayerNorm(**kw)
-        self.self_attention = SelfAttention(self.num_heads, self.attention_dropout_rate, **kw)
+        self.self_attention = SelfAttention(num_heads=self.num_heads,
+                                            dropout_rate=self.attention_dropout_rate, **kw)
         self.cross_norm = nn.LayerNorm(**kw)
         cross_kw = dict(attention_dim=self.attention_dim or self.model_dim,
                         num_heads=self.num_heads, **kw)
@@ -196,7 +198,7 @@ class DecoderLayer(nn.Module):
         self.cross = get_attention_class(self.cross_attention)(**cross_kw)
         self.cross_out = nn.Dense(self.model_dim, dot_general=accumulate_in_float32, **kw)
         self.mlp_norm = nn.LayerNorm(**kw)
-        self.mlp = MlpBlock(self.mlp_dim, self.dropout_rate, **kw)
+        self.mlp = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, **kw)
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def project_keys(self, encoded: Array) -> Array:

@@ -6,6 +6,7 @@ Build one from the experiment config:
     model = build_model(model_config)
 """
 
+from seq2seq_jax.models.base import EncoderDecoder
 from seq2seq_jax.models.config import (
     ModelConfig,
     config_keys,
@@ -15,6 +16,7 @@ from seq2seq_jax.models.config import (
 )
 from seq2seq_jax.models.registry import (
     build_model,
+    check_batching,
     count_params,
     get_model_class,
     init_decode_cache,
@@ -28,10 +30,12 @@ from seq2seq_jax.models.shift import shift_right
 from seq2seq_jax.models.transformer import Transformer
 
 __all__ = [
+    "EncoderDecoder",
     "ModelConfig",
     "RNNSearch",
     "Transformer",
     "build_model",
+    "check_batching",
     "config_keys",
     "count_params",
     "default_model_config",

@@ -1,5 +1,8 @@
 """Model registry: model names -> Linen module classes; raises on an unknown name.
 
+What a family can do is declared on its class (`EncoderDecoder.supports_packing`, ...);
+`check_batching` reads it for the config check, so nothing tests model names.
+
 Shape glossary: B batch, S source length, T target length.
 """
 
@@ -11,11 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seq2seq_jax.models.config import ModelConfig
+from seq2seq_jax.models.base import EncoderDecoder
+from seq2seq_jax.models.config import ModelConfig, resolve_preset
 from seq2seq_jax.models.rnnsearch import RNNSearch
 from seq2seq_jax.models.transformer import Transformer
 
-_MODELS: dict[str, type[nn.Module]] = {"rnnsearch": RNNSearch, "transformer": Transformer}
+_MODELS: dict[str, type[EncoderDecoder]] = {"rnnsearch": RNNSearch, "transformer": Transformer}
 
 
 def model_names() -> tuple[str, ...]:
@@ -23,7 +27,7 @@ def model_names() -> tuple[str, ...]:
     return tuple(_MODELS)
 
 
-def get_model_class(name: str) -> type[nn.Module]:
+def get_model_class(name: str) -> type[EncoderDecoder]:
     """The module class registered as `name`.
 
     Raises:
@@ -34,6 +38,29 @@ def get_model_class(name: str) -> type[nn.Module]:
         raise ValueError(f"Unknown model name {name!r}; known models: {list(_MODELS)}, presets "
                          f"(in config.model.name): {list(preset_names())}")
     return _MODELS[name]
+
+
+def check_batching(model_name: str, batching: str) -> None:
+    """Rejects a `config.data.batching` the model family cannot train on.
+
+    Args:
+      model_name: `config.model.name`, a family or a preset (an unknown name is left to
+        `ModelConfig.validate`, which lists the known ones).
+      batching: `config.data.batching` ('pad', 'bucket' or 'pack').
+
+    Raises:
+      ValueError: one line naming both keys, e.g. 'pack' for RNNsearch, whose recurrence would
+        carry its state from one packed example into the next.
+    """
+    family = resolve_preset({"name": model_name}).get("name")
+    if family not in _MODELS:
+        return
+    cls = _MODELS[family]
+    if batching == "pack" and not cls.supports_packing:
+        raise ValueError(
+            f"config.data.batching='pack' is not supported by config.model.name={model_name!r} "
+            f"({cls.__name__}.supports_packing is False: a recurrent encoder/decoder would carry "
+            "its state across the examples of a packed row); use 'bucket' or 'pad'")
 
 
 def build_model(model_config: ModelConfig) -> nn.Module:

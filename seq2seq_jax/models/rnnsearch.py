@@ -18,8 +18,9 @@ the attention, the context part of the input projection and the hidden matmul; t
 runs once over all steps after the scan.
 
 Packed rows are NOT supported by this family (a recurrence would carry state across examples):
-`*_segmentation` is used only as a padding mask, so `batching='pack'` must be rejected at config
-time for rnnsearch. Sequences must be left-aligned (padding at the end).
+`*_segmentation` is used only as a padding mask, and `RNNSearch.supports_packing` is False, so
+the config check rejects `batching='pack'` for it (`registry.check_batching`). Sequences must be
+left-aligned (padding at the end).
 """
 
 from __future__ import annotations
@@ -33,25 +34,25 @@ import jax.numpy as jnp
 from seq2seq_jax.layers.attention import get_attention_class
 from seq2seq_jax.layers.rnn import RecurrentCell, RNNEncoder, carry_hidden
 from seq2seq_jax.models import inputs as model_inputs
-from seq2seq_jax.models.config import ModelConfig
-from seq2seq_jax.models.shift import shift_right
+from seq2seq_jax.models.base import EncoderDecoder
 from seq2seq_jax.ops import accumulate_in_float32, float32_product
 
 Array = chex.Array
 
 
-class RNNSearch(nn.Module):
+class RNNSearch(EncoderDecoder):
     """The RNNsearch encoder-decoder.
 
-    Public methods: `__call__` (teacher forcing), `encode`, `decode`, `init_decode_cache`,
-    `decode_step`. Dropout uses the 'dropout' RNG stream when `train=True` and
-    `config.deterministic` is False.
+    Public methods: `__call__` (teacher forcing), `encode`, `decode` (both from
+    `EncoderDecoder`), `init_decode_cache`, `decode_step`. Dropout uses the 'dropout' RNG stream
+    when `train=True` and `config.deterministic` is False. No packed rows
+    (`supports_packing = False`).
 
     Attributes:
       config: the model's `ModelConfig` (name 'rnnsearch').
     """
 
-    config: ModelConfig
+    supports_packing = False
 
     def setup(self) -> None:
         cfg = self.config.validate()
@@ -63,14 +64,16 @@ class RNNSearch(nn.Module):
             else nn.Embed(cfg.target_vocab_size, **embed)
         )
         self.encoder = RNNEncoder(
-            cfg.cell_type, cfg.encoder_hidden_size, cfg.encoder_layers, cfg.bidirectional,
-            cfg.dropout_rate, dt, pdt,
+            cell_type=cfg.cell_type, hidden_size=cfg.encoder_hidden_size,
+            num_layers=cfg.encoder_layers, bidirectional=cfg.bidirectional,
+            dropout_rate=cfg.dropout_rate, dtype=dt, param_dtype=pdt,
         )
         dense = dict(dtype=dt, param_dtype=pdt)
         layer = dict(dense, dot_general=accumulate_in_float32)  # Dense layers; see ops
         hidden = cfg.decoder_hidden_size
         self.cells = [
-            RecurrentCell(cfg.cell_type, hidden, dt, pdt) for _ in range(cfg.decoder_layers)
+            RecurrentCell(cell_type=cfg.cell_type, hidden_size=hidden, dtype=dt, param_dtype=pdt)
+            for _ in range(cfg.decoder_layers)
         ]
         gates = self.cells[0].hidden_size * (3 if cfg.cell_type == "gru" else 4)
         # The context part of the first decoder layer's input kernel (its bias is in cells[0]).
@@ -212,34 +215,13 @@ class RNNSearch(nn.Module):
             )
         return carry
 
-    def decode(
-        self,
-        encoded: dict[str, Array],
-        inputs: Array,  # int [B, S]
-        targets: Array,  # int [B, T]
-        *,
-        inputs_segmentation: Array | None = None,
-        targets_segmentation: Array | None = None,
-        inputs_position: Array | None = None,
-        targets_position: Array | None = None,
-        train: bool = False,
-        return_attention: bool = False,
-    ) -> Array | tuple[Array, Array]:
-        """Teacher-forced decoding of `targets` (shifted right inside).
-
-        Returns:
-          logits float32 [B, T, V]; with `return_attention`, also the cross-attention weights
-          float32 [B, T, S] (averaged over heads).
-        """
+    def _teacher_forced(self, encoded, inputs, targets, decoder_inputs, *, inputs_segmentation,
+                        targets_segmentation, targets_position, deterministic):
+        """`EncoderDecoder.decode`'s decoder: the scan over all T steps, then the readout."""
+        del targets, targets_segmentation, targets_position  # Left-aligned rows.
         cfg = self.config
-        model_inputs.check_ids("inputs", inputs, inputs_segmentation, inputs_position)
-        model_inputs.check_ids("targets", targets, targets_segmentation, targets_position)
-        model_inputs.check_same_batch(inputs, targets)
         chex.assert_shape(encoded["annotations"], (*inputs.shape, None))
-        deterministic = self._deterministic(train)
         mask = model_inputs.valid_mask(inputs, inputs_segmentation, cfg.pad_id)  # [B, S]
-        decoder_inputs = shift_right(targets, bos_id=cfg.bos_id, pad_id=cfg.pad_id,
-                                     segmentation=targets_segmentation)
         emb = self.dropout(self.target_embed(decoder_inputs), deterministic=deterministic)
         emb_proj = self.cells[0].project_inputs(emb)  # [B, T, G*H], all steps at once
         annotations = encoded["annotations"]
@@ -258,28 +240,7 @@ class RNNSearch(nn.Module):
         _, (hidden, context, weights) = scan(
             self, self._initial_carry(encoded), emb_proj, (annotations, projected_keys, mask)
         )
-        logits = self._readout(hidden, context, emb, deterministic)  # [B, T, V]
-        return (logits, weights) if return_attention else logits
-
-    def __call__(
-        self,
-        inputs: Array,  # int [B, S]
-        targets: Array,  # int [B, T]
-        *,
-        inputs_segmentation: Array | None = None,
-        targets_segmentation: Array | None = None,
-        inputs_position: Array | None = None,
-        targets_position: Array | None = None,
-        train: bool = False,
-    ) -> Array:
-        """Teacher-forced logits float32 [B, T, V]."""
-        encoded = self.encode(inputs, inputs_segmentation=inputs_segmentation,
-                              inputs_position=inputs_position, train=train)
-        return self.decode(
-            encoded, inputs, targets, inputs_segmentation=inputs_segmentation,
-            targets_segmentation=targets_segmentation, inputs_position=inputs_position,
-            targets_position=targets_position, train=train,
-        )
+        return self._readout(hidden, context, emb, deterministic), weights  # [B, T, V], [B, T, S]
 
     # ------------------------------------------------------------------ incremental decoding
 

@@ -25,24 +25,30 @@ import jax.numpy as jnp
 from seq2seq_jax.layers import masks
 from seq2seq_jax.layers.transformer import DecoderLayer, EncoderLayer, sinusoidal_positions
 from seq2seq_jax.models import inputs as model_inputs
+from seq2seq_jax.models.base import EncoderDecoder
 from seq2seq_jax.models.config import ModelConfig
-from seq2seq_jax.models.shift import shift_right
 from seq2seq_jax.ops import float32_product
 
 Array = chex.Array
 
 
-class Transformer(nn.Module):
+class Transformer(EncoderDecoder):
     """Transformer encoder-decoder with additive (default) or dot-product cross-attention.
 
-    Public methods: `__call__` (teacher forcing), `encode`, `decode`, `init_decode_cache`,
-    `decode_step`. Supports packed batches through `*_segmentation` / `*_position`.
+    Public methods: `__call__` (teacher forcing), `encode`, `decode` (both from
+    `EncoderDecoder`), `init_decode_cache`, `decode_step`. Supports packed batches through
+    `*_segmentation` / `*_position` (`supports_packing = True`).
 
     Attributes:
       config: the model's `ModelConfig` (name 'transformer').
     """
 
-    config: ModelConfig
+    supports_packing = True
+
+    @classmethod
+    def max_length(cls, config: ModelConfig) -> int:
+        """`config.max_len`: the position table's and the decoding cache's length."""
+        return config.max_len
 
     def setup(self) -> None:
         cfg = self.config.validate()
@@ -61,15 +67,18 @@ class Transformer(nn.Module):
             self.target_positions = nn.Embed(cfg.max_len, cfg.emb_dim, embedding_init=pos_init,
                                              **kw)
         self.encoder_layers = [
-            EncoderLayer(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attention_dropout_rate,
-                         **kw)
+            EncoderLayer(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                         dropout_rate=cfg.dropout_rate,
+                         attention_dropout_rate=cfg.attention_dropout_rate, **kw)
             for _ in range(cfg.encoder_layers)
         ]
         self.encoder_norm = nn.LayerNorm(**kw)
         self.decoder_layers = [
-            DecoderLayer(cfg.num_heads, cfg.mlp_dim, cfg.emb_dim, cfg.attention_type,
-                         cfg.attention_dim, cfg.normalize_attention, cfg.dropout_rate,
-                         cfg.attention_dropout_rate, **kw)
+            DecoderLayer(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, model_dim=cfg.emb_dim,
+                         cross_attention=cfg.attention_type, attention_dim=cfg.attention_dim,
+                         normalize_attention=cfg.normalize_attention,
+                         dropout_rate=cfg.dropout_rate,
+                         attention_dropout_rate=cfg.attention_dropout_rate, **kw)
             for _ in range(cfg.decoder_layers)
         ]
         self.decoder_norm = nn.LayerNorm(**kw)
@@ -80,9 +89,6 @@ class Transformer(nn.Module):
         else:
             self.output = nn.Dense(cfg.target_vocab_size, dot_general=float32_product, **kw)
         self.dropout = nn.Dropout(cfg.dropout_rate)
-
-    def _deterministic(self, train: bool) -> bool:
-        return (not train) or self.config.deterministic
 
     def _embed(self, ids: Array, positions: Array, *, source: bool, deterministic: bool):
         """Token embedding * sqrt(D) + position embedding: [B, L] -> [B, L, D]."""
@@ -133,39 +139,17 @@ class Transformer(nn.Module):
             logits = self.output(x)
         return logits.reshape(*lead, logits.shape[-1]).astype(jnp.float32)
 
-    def decode(
-        self,
-        encoded: Array,  # [B, S, D]
-        inputs: Array,  # int [B, S]
-        targets: Array,  # int [B, T]
-        *,
-        inputs_segmentation: Array | None = None,
-        targets_segmentation: Array | None = None,
-        inputs_position: Array | None = None,
-        targets_position: Array | None = None,
-        train: bool = False,
-        return_attention: bool = False,
-    ) -> Array | tuple[Array, Array]:
-        """Teacher-forced decoding of `targets` (shifted right inside, segment-aware).
-
-        Returns:
-          logits float32 [B, T, V]; with `return_attention`, also the last layer's
-          cross-attention averaged over heads, float32 [B, T, S].
-        """
+    def _teacher_forced(self, encoded, inputs, targets, decoder_inputs, *, inputs_segmentation,
+                        targets_segmentation, targets_position, deterministic):
+        """`EncoderDecoder.decode`'s decoder: all T steps in parallel under the causal mask."""
         cfg = self.config
-        model_inputs.check_ids("inputs", inputs, inputs_segmentation, inputs_position)
-        model_inputs.check_ids("targets", targets, targets_segmentation, targets_position)
-        model_inputs.check_same_batch(inputs, targets)
         chex.assert_shape(encoded, (*inputs.shape, cfg.emb_dim))
-        deterministic = self._deterministic(train)
         source_segments = self._segments(inputs, inputs_segmentation)
         target_segments = self._segments(targets, targets_segmentation)
         self_mask = masks.segment_mask(target_segments, target_segments) & masks.causal_mask(
             targets.shape[1]
         )  # [B, T, T]
         cross_mask = masks.segment_mask(target_segments, source_segments)  # [B, T, S]
-        decoder_inputs = shift_right(targets, bos_id=cfg.bos_id, pad_id=cfg.pad_id,
-                                     segmentation=targets_segmentation)
         positions = model_inputs.default_positions(targets, targets_position)
         x = self._embed(decoder_inputs, positions, source=False, deterministic=deterministic)
         weights = None
@@ -173,29 +157,7 @@ class Transformer(nn.Module):
             x, weights, _ = layer(x, encoded, self_mask, cross_mask, layer.project_keys(encoded),
                                   deterministic=deterministic)
         logits = self._logits(self.decoder_norm(x))  # [B, T, V]
-        if not return_attention:
-            return logits
         return logits, model_inputs.head_mean(weights, cfg.num_heads)
-
-    def __call__(
-        self,
-        inputs: Array,  # int [B, S]
-        targets: Array,  # int [B, T]
-        *,
-        inputs_segmentation: Array | None = None,
-        targets_segmentation: Array | None = None,
-        inputs_position: Array | None = None,
-        targets_position: Array | None = None,
-        train: bool = False,
-    ) -> Array:
-        """Teacher-forced logits float32 [B, T, V]."""
-        encoded = self.encode(inputs, inputs_segmentation=inputs_segmentation,
-                              inputs_position=inputs_position, train=train)
-        return self.decode(
-            encoded, inputs, targets, inputs_segmentation=inputs_segmentation,
-            targets_segmentation=targets_segmentation, inputs_position=inputs_position,
-            targets_position=targets_position, train=train,
-        )
 
     def init_decode_cache(
         self,

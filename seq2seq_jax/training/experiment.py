@@ -25,6 +25,7 @@ import ml_collections
 
 from seq2seq_jax.data.config import default_data_config, validate_data_config
 from seq2seq_jax.models.config import config_keys, default_model_config, preset_names
+from seq2seq_jax.models.registry import check_batching
 from seq2seq_jax.training.optim import default_optimizer_config, validate_optimizer_config
 from seq2seq_jax.training.parallel import default_distributed_config
 
@@ -162,6 +163,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"unknown config keys {unknown}")
     validate_data_config(config.data)
     _choice("parallelism", config.parallelism, PARALLELISMS)
+    check_batching(config.model.name, config.data.batching)  # The model's capabilities.
     validate_optimizer_config(config.optimizer)
     _choice("eval.task_metric", config.eval.task_metric, TASK_METRICS)
     for key in ("num_train_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
