@@ -16,17 +16,15 @@ global batch 16, divisible by 8 devices).
 
 import ml_collections
 
+from configs import common
 from seq2seq_jax.training.experiment import base_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """The default experiment; `variant="tiny"` for the smoke test."""
+    common.check_variant("default.py", variant, ("tiny",))
     c = base_config("rnnsearch")
-    c.data.name = "dates"
-    c.data.tokenizer = "char"
-    c.data.max_source_length = 40
-    c.data.max_target_length = 12
-    c.data.batching = "pad"  # One batch shape: one compilation (dates are short anyway).
+    common.dates_data(c)
     c.num_train_steps = 1000
     c.batch_size = 64
     c.label_smoothing = 0.0
@@ -47,25 +45,5 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.eval.final_split = "test"
     c.checkpoint.best_metric = "eval_exact_match"
     if variant == "tiny":
-        _tiny(c)
-    elif variant:
-        raise ValueError(f"configs/default.py: unknown variant {variant!r} (known: 'tiny')")
+        common.tiny(c, steps=20, eval_examples=64, decode_examples=32, max_batches=2)
     return c
-
-
-def _tiny(c: ml_collections.ConfigDict) -> None:
-    c.data.num_train_examples = 2000
-    c.data.num_validation_examples = 64
-    c.data.num_test_examples = 64
-    c.num_train_steps = 20
-    c.optimizer.warmup_steps = 2
-    c.batch_size = 16
-    c.log_every_steps = 5
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.model.emb_dim = 16
-    c.model.encoder_hidden_size = 16
-    c.model.decoder_hidden_size = 32
-    c.eval.decode_examples = 32
-    c.eval.decode_batch_size = 32
-    c.eval.max_batches = 2

@@ -26,26 +26,15 @@ Variant `configs/finetune.py:tiny`: fine-tunes a `configs/default.py:tiny` run f
 (seconds; for tests).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _default_config(variant: str | None) -> ml_collections.ConfigDict:
-    """configs/default.py's config, so the model matches the pre-trained one."""
-    spec = importlib.util.spec_from_file_location(
-        "seq2seq_jax_configs_default", Path(__file__).with_name("default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+from configs import common, default
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """The fine-tuning experiment; `variant="tiny"` for tests."""
-    if variant not in (None, "tiny"):
-        raise ValueError(f"configs/finetune.py: unknown variant {variant!r} (known: 'tiny')")
-    c = _default_config(variant)
+    common.check_variant("finetune.py", variant, ("tiny",))
+    c = default.get_config(variant)  # configs/default.py's, so the model matches the pre-trained.
     c.init_checkpoint = "/tmp/dates"
     c.data.tokenizer_dir = c.get_ref("init_checkpoint") + "/tokenizer"
     c.data.date_languages = "it"

@@ -33,50 +33,24 @@ the same sitting: 35.91). The full recipe is not measured yet.
 
 import ml_collections
 
-from seq2seq_jax.data.config import multi30k_data_config
-from seq2seq_jax.models.config import default_model_config
-from seq2seq_jax.training.experiment import base_config, split_config_arg
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The experiment; `arg` is '[fast][:DIR]' (the variant, then the data directory)."""
-    variant, data_dir = split_config_arg(arg, ("fast",))
-    c = base_config("rnnsearch_reference")
-    c.model = default_model_config("rnnsearch_reference")
+    # Token budgets of 2048 tokens; at most 256 rows a batch (windows of 16,384).
+    c, variant = common.multi30k(arg, model="rnnsearch_reference", tokens_per_batch=2048,
+                                 batch_size=256)
     c.model.init_scheme = "torch"
-    c.data = multi30k_data_config(data_dir, "de", "en", tokens_per_batch=2048)
-    c.batch_size = 256  # The most rows a token-budget batch may have (windows of 16,384).
-    c.label_smoothing = 0.1
-    c.log_every_steps = 50
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.grad_clip_norm = 1.0
-    c.eval.batch_size = 128
-    c.eval.task_metric = "bleu"
-    c.eval.decode_examples = 256
-    c.eval.decode_batch_size = 128
-    c.eval.max_decode_length = 80
-    # Tuned on the validation set (beam 5, the averaged :fast model of 2026-12-02): alpha 0.6
-    # -> BLEU 38.25, 1.0 -> 38.62, 1.4 -> 38.52.
-    c.eval.alpha = 1.0
-    c.eval.final_split = "validation"
-    c.checkpoint.best_metric = "eval_bleu"
-    c.checkpoint.max_to_keep = 5
-    c.checkpoint.average_last = 5
     if variant == "fast":
-        c.max_train_minutes = 30.0
-        c.num_train_steps = 100_000  # The time budget ends training.
+        common.time_budget(c, checkpoint_every_steps=150)
         c.model.dropout_rate = 0.0
         c.optimizer.schedule = "constant"
-        c.eval_every_steps = 0
-        c.checkpoint_every_steps = 150
     else:
-        c.num_train_steps = 6_000  # About 2.2 hours here at ~1.3 s a step (~24 epochs).
+        # About 2.2 hours here at ~1.3 s a step (~24 epochs).
+        common.full_schedule(c, num_train_steps=6_000)
         c.model.dropout_rate = 0.3
         c.optimizer.schedule = "warmup_cosine"
         c.optimizer.warmup_steps = 200
         c.optimizer.end_learning_rate_fraction = 0.1
-        c.eval_every_steps = 1000
-        c.checkpoint_every_steps = 500
-        c.eval.early_stopping_patience = 4
     return c

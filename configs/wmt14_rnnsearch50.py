@@ -24,12 +24,14 @@ bucketing) at toy sizes on the embedded dates data; runs in under a minute on th
 
 import ml_collections
 
+from configs import common
 from seq2seq_jax.models.config import default_model_config
 from seq2seq_jax.training.experiment import base_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """The RNNsearch-50 experiment; `variant="tiny"` for a CPU smoke run on generated data."""
+    common.check_variant("wmt14_rnnsearch50.py", variant, ("tiny",))
     c = base_config("rnnsearch50")
     c.model = default_model_config("rnnsearch50")
     c.model.max_len = 80
@@ -38,7 +40,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data.inputs_key = "en"
     c.data.targets_key = "fr"
     c.data.train_split = "train"
-    c.data.eval_split = "validation"
     c.data.tokenizer = "sentencepiece"
     c.data.vocab_size = 30000
     c.data.spm_max_sentences = 2_000_000
@@ -67,38 +68,18 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.best_metric = "eval_bleu"
     if variant == "tiny":
         _tiny(c)
-    elif variant:
-        raise ValueError(f"configs/wmt14_rnnsearch50.py: unknown variant {variant!r} "
-                         "(known: 'tiny')")
     return c
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
-    c.data.name = "dates"
+    """The same structure at toy sizes on the embedded dates data."""
+    common.dates_data(c)
     c.data.tfds_name = None
     c.data.inputs_key = None
     c.data.targets_key = None
-    c.data.tokenizer = "char"
-    c.data.num_train_examples = 2000
-    c.data.num_validation_examples = 32
-    c.data.num_test_examples = 32
-    c.data.max_source_length = 40
-    c.data.max_target_length = 12
-    c.data.batching = "pad"
-    c.model.emb_dim = 16
-    c.model.encoder_hidden_size = 16
-    c.model.decoder_hidden_size = 32
+    common.tiny(c, steps=10, eval_examples=32, decode_examples=16, max_batches=1)
     c.model.attention_dim = 16
     c.model.maxout_size = 8
-    c.num_train_steps = 10
-    c.batch_size = 16
-    c.log_every_steps = 5
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.optimizer.warmup_steps = 2
     c.eval.task_metric = "exact_match"
-    c.eval.decode_examples = 16
-    c.eval.decode_batch_size = 16
     c.eval.beam_size = 2
     c.eval.max_decode_length = 12
-    c.eval.max_batches = 1

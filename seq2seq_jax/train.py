@@ -70,9 +70,20 @@ def _config_arg(argv: list[str], default: str) -> str:
     return default
 
 
+def config_package_on_path(config_arg: str) -> None:
+    """Lets the config file of `--config=FILE[:ARG]` import its package (`from configs import
+    common`) from any working directory: when FILE's folder is a package (has `__init__.py`),
+    the folder above it goes first on `sys.path` (ml_collections loads FILE by path)."""
+    folder = Path(config_arg.split(":", 1)[0]).expanduser().resolve().parent
+    root = str(folder.parent)
+    if (folder / "__init__.py").is_file() and sys.path[:1] != [root]:
+        sys.path.insert(0, root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (a config file that fails, unknown config keys,
     bad values)."""
+    config_package_on_path(_config_arg(argv, _DEFAULT))
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - any error in the user's config file is reported.

@@ -171,14 +171,9 @@ def test_missing_incomplete_and_corrupt_checkpoints_name_the_path(tmp_path):
 
 
 def _finetune_module():
-    import importlib.util
-    from pathlib import Path
+    import configs.finetune
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "finetune.py"
-    spec = importlib.util.spec_from_file_location("configs_finetune", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return configs.finetune
 
 
 @pytest.mark.parametrize("variant", [None, "tiny"])
@@ -191,7 +186,9 @@ def test_finetune_config_validates_and_documents_its_commands(variant):
     assert "Expected" in doc and "init_checkpoint" in doc
     config = module.get_config(variant)
     experiment.validate_config(config)
-    default = _finetune_module()._default_config(variant)
+    import configs.default
+
+    default = configs.default.get_config(variant)
     assert config.model.to_dict() == default.model.to_dict()  # the pre-trained architecture
     assert config.data.tokenizer == default.data.tokenizer
     assert config.batch_size % 8 == 0

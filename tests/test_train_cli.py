@@ -1,6 +1,5 @@
 """End-to-end `python -m seq2seq_jax.train` runs of configs/default.py:tiny and its input errors."""
 
-import importlib.util
 import json
 import os
 import re
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import configs.default
 from seq2seq_jax.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,10 +67,7 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
 
 
 def tiny_config(**overrides):
-    spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs/default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = configs.default.get_config("tiny")
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")

@@ -4,7 +4,6 @@ checked against a NumPy mean of the checkpoints read back independently."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import configs.default
 from seq2seq_jax.inference import run as decode_run
 from seq2seq_jax.inference import workdir as workdir_lib
 from seq2seq_jax.training import checkpoint as ckpt_lib
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs/default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = configs.default.get_config("tiny")
     config.progress_bar = False
     for key, value in overrides.items():
         target = config
