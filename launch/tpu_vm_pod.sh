@@ -9,8 +9,8 @@
 # `jax[tpu]`, the TFDS data prepared in config.data.tfds_data_dir, and WORKDIR on a file system
 # all workers share (NFS / Filestore, or a gcsfuse mount). jax.distributed.initialize() reads the
 # TPU pod topology from the VM metadata. The global batch must divide by the chip count.
-# Preemption (maintenance events send SIGTERM): every worker saves the current step and exits 0;
-# rerunning the same command resumes.
+# Preemption (maintenance events send SIGTERM): every worker saves the same step (the next log
+# or checkpoint step) and exits 0; rerunning the same command resumes.
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then

@@ -7,6 +7,7 @@ spans both processes. Tolerance as in test_training_parallel.py (rtol 2e-5, atol
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from seq2seq_jax.training import loop
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -91,3 +94,61 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
         for a, b in zip(multi[key]["params"], single[key]["params"], strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     assert single["fsdp1"]["losses"][0] != single["fsdp1"]["losses"][-1]
+
+
+PREEMPTION_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    out, process_id, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    from seq2seq_jax.training import parallel
+    cfg = parallel.default_distributed_config()
+    cfg.initialize, cfg.coordinator_address = "true", f"127.0.0.1:{port}"
+    cfg.num_processes, cfg.process_id = 2, process_id
+    assert parallel.maybe_initialize_distributed(cfg)
+    from jax.experimental import multihost_utils
+    from seq2seq_jax.training import loop
+    gathers = []
+    real = multihost_utils.process_allgather
+    def counted(*args, **kwargs):  # The real all-gather, counted.
+        gathers.append(1)
+        return real(*args, **kwargs)
+    multihost_utils.process_allgather = counted
+    seen = None
+    with loop.Preemption() as preemption:
+        for step in range(1, 10):
+            if step == 4 and process_id == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # Only process 1 is preempted.
+            if preemption.requested(sync_point=step % 3 == 0):
+                seen = step
+                break
+    with open(f"{out}.{process_id}", "w") as f:
+        json.dump({"step": seen, "gathers": len(gathers)}, f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_of_one_process_stops_both_at_the_next_sync_point(tmp_path):
+    """The SIGTERM flag is all-gathered at sync points only (steps 3 and 6 here, not at every
+    step), and both processes stop at the same step, the first sync point after the signal."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    port, out = str(free_port()), tmp_path / "preemption"
+    procs = [subprocess.Popen([sys.executable, "-c", PREEMPTION_SCRIPT, str(out), str(i), port],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    for i in range(2):
+        assert json.loads(Path(f"{out}.{i}").read_text()) == {"step": 6, "gathers": 2}
+
+
+def test_sigterm_in_one_process_is_seen_at_the_next_step():
+    before = signal.getsignal(signal.SIGTERM)
+    with loop.Preemption() as preemption:
+        assert not preemption.requested(sync_point=False)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.requested(sync_point=False)  # One process: no sync point needed.
+    assert signal.getsignal(signal.SIGTERM) == before  # The handler is uninstalled.

@@ -210,7 +210,11 @@ def decode_and_score(exp: Experiment, params: Any, split: str, max_examples: int
 class Preemption:
     """Turns SIGTERM into a flag the loop checks after each step (installed on the main thread).
 
-    In a multi-host run the flag is OR-ed across processes, so all of them save the same step.
+    In a multi-host run the flag is OR-ed across processes (an all-gather), so all of them save
+    the same step; to keep that collective off the other steps, it runs only at sync points:
+    the steps every process treats alike that the loop syncs at anyway (log, evaluation and
+    checkpoint steps, the last step). A preempted multi-host run therefore saves at the next
+    such step (at most `log_every_steps` steps later); a single process at the next step.
     """
 
     def __init__(self) -> None:
@@ -219,7 +223,9 @@ class Preemption:
 
     def _handler(self, signum, frame) -> None:
         del signum, frame
-        log.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+        when = "after this step" if jax.process_count() == 1 else (
+            "at the next log or checkpoint step")
+        log.warning("SIGTERM received: saving a checkpoint %s, then exiting", when)
         self._requested = True
 
     def __enter__(self) -> Preemption:
@@ -233,10 +239,18 @@ class Preemption:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def requested(self) -> bool:
-        """Whether any process received SIGTERM."""
+    def requested(self, *, sync_point: bool = True) -> bool:
+        """Whether any process received SIGTERM.
+
+        Args:
+          sync_point: whether every process calls this at this step (see the class). One
+            process reads its own flag at every step; several all-gather their flags only at
+            sync points and answer False elsewhere.
+        """
         if jax.process_count() == 1:
             return self._requested
+        if not sync_point:
+            return False
         from jax.experimental import multihost_utils
         flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
         return bool(np.any(flags))
@@ -474,7 +488,10 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                     log.info("step %d | early stopping: %d evaluations without a new best %s",
                              step, rules.since_best, rules.metric)
                     stop = True
-            if preemption.requested():
+            if preemption.requested(sync_point=(
+                    last or step % c.checkpoint_every_steps == 0
+                    or _is_due(step, c.log_every_steps, c.num_train_steps)
+                    or _is_due(step, c.eval_every_steps, c.num_train_steps))):
                 guard.flush()
                 _save(ckpt, exp, step, state, eval_metrics, force=True)
                 return state, step, True

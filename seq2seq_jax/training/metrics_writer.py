@@ -4,10 +4,16 @@
 `{"step": 500, "eval_loss": ..., "eval_exact_match": ...}`. TensorBoard event files are written by
 tensorboardX (no TensorFlow) into `WORKDIR/tensorboard/`, one scalar per metric name.
 Only process 0 writes; other processes get a writer that does nothing.
+
+A resumed run calls `drop_after(step)` with the step it restored: `metrics.jsonl` loses the
+lines after it, and the TensorBoard writer opens with `purge_step=step + 1`, whose event tells
+TensorBoard to hide the points of steps >= step + 1 written by the interrupted run (they would
+otherwise show twice, the stale curve beside the redone one).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -18,6 +24,9 @@ from typing import Any
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
 CURVES_FILENAME = "learning_curves.png"
+
+
+_EVENT_FILES = itertools.count()  # Event file names unique within a process (see below).
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,16 +49,34 @@ class MetricsWriter:
         self.workdir = Path(workdir)
         self.path = self.workdir / METRICS_FILENAME
         self.enabled = enabled
-        self._tb = None
-        if enabled and tensorboard:
+        self._tensorboard = enabled and tensorboard
+        self._purge_step: int | None = None
+        self._tb = None  # Opened on the first write (after `drop_after` set the purge step).
+
+    def _tensorboard_writer(self):
+        if self._tb is None and self._tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIRNAME))
+            # tensorboardX names a file by the second and host only and truncates a file of
+            # that name: a suffix keeps two writers of the same second from erasing each other.
+            self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIRNAME),
+                                     purge_step=self._purge_step,
+                                     filename_suffix=f".{os.getpid()}.{next(_EVENT_FILES)}")
+        return self._tb
 
     def drop_after(self, step: int) -> None:
-        """Removes lines with `step` > `step` (a resumed run rewrites what it will redo), and
-        a torn last line that a killed run left. The file is replaced atomically, so a kill
-        during the rewrite loses nothing."""
-        if not self.enabled or not self.path.exists():
+        """Forgets what was written after `step` (a resumed run rewrites what it will redo).
+
+        `metrics.jsonl` loses its lines with `step` > `step`, and a torn last line that a
+        killed run left; the file is replaced atomically, so a kill during the rewrite loses
+        nothing. TensorBoard hides the points of steps > `step` from the earlier event files:
+        the event writer opens with `purge_step=step + 1` (reopened if it was open already).
+        """
+        if not self.enabled:
+            return
+        if self._tensorboard:
+            self.close()
+            self._purge_step = int(step) + 1
+        if not self.path.exists():
             return
         kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= step]
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -63,11 +90,12 @@ class MetricsWriter:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        tb = self._tensorboard_writer()
+        if tb is not None:
             for name, value in scalars.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(name, float(value), int(step))
-            self._tb.flush()
+                    tb.add_scalar(name, float(value), int(step))
+            tb.flush()
 
     def close(self) -> None:
         """Flushes and closes TensorBoard."""
