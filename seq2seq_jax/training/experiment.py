@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from seq2seq_jax.data.config import default_data_config, validate_data_config
+from seq2seq_jax.data.config import DataConfig, default_data_config, validate_data_config
 from seq2seq_jax.models.config import config_keys, default_model_config, preset_names
 from seq2seq_jax.models.registry import check_batching
 from seq2seq_jax.training.optim import default_optimizer_config, validate_optimizer_config
@@ -152,8 +152,11 @@ def _unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
     return unknown
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate_config(config: ml_collections.ConfigDict) -> DataConfig:
     """Checks keys and values that can be checked before building anything.
+
+    Returns:
+      `config.data` parsed once (`seq2seq_jax.data.DataConfig`), for the data pipeline.
 
     Raises:
       ValueError: a one-line message naming the key.
@@ -161,7 +164,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     unknown = _unknown_keys(config)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}")
-    validate_data_config(config.data)
+    data_config = validate_data_config(config.data)
     _choice("parallelism", config.parallelism, PARALLELISMS)
     check_batching(config.model.name, config.data.batching)  # The model's capabilities.
     validate_optimizer_config(config.optimizer)
@@ -196,6 +199,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if average and not config.eval.final_split:
         raise ValueError("config.checkpoint.average_last needs config.eval.final_split (the split "
                          "the average is scored on)")
+    return data_config
 
 
 def prepare_workdir(workdir: str) -> Path:

@@ -63,6 +63,7 @@ class Experiment:
     eval_step: Any
     train_iter: Any
     decode_fn: Any
+    data_config: data_lib.DataConfig  # `config.data` parsed once (experiment.validate_config).
 
 
 def _build_model(config, source_tok, target_tok):
@@ -82,12 +83,12 @@ def _placement_args(config) -> dict[str, Any]:
 
 def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Experiment:
     """Builds the experiment without writing to the workdir (a new tokenizer goes to `staging`)."""
-    experiment.validate_config(config)
+    data_config = experiment.validate_config(config)
     placement_args = _placement_args(config)
     from seq2seq_jax.training import checkpoint
     experiment.check_resume(config, workdir, bool(checkpoint.complete_steps(
         workdir / checkpoint.CHECKPOINT_DIRNAME)))
-    source_tok, target_tok = _tokenizers(config, workdir, staging)
+    source_tok, target_tok = _tokenizers(data_config, workdir, staging)
     model_config, model = _build_model(config, source_tok, target_tok)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
     lengths = (config.data.max_source_length, config.data.max_target_length)
@@ -97,7 +98,7 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Ex
     train_step, eval_step = trainer.make_step_fns(
         placement, label_smoothing=config.label_smoothing, nonfinite=config.optimizer.nonfinite)
     train_iter = data_lib.make_train_iterator(
-        config.data, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
+        data_config, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
         row_multiple=jax.device_count())
     decode_model = models.build_model(model_config.replace(deterministic=True))
@@ -106,10 +107,11 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Ex
         max_decode_length=config.eval.max_decode_length or config.data.max_target_length,
         beam_size=config.eval.beam_size, alpha=config.eval.alpha)
     return Experiment(config, workdir, source_tok, target_tok, model_config, model, schedule,
-                      state, placement, train_step, eval_step, train_iter, decode_fn)
+                      state, placement, train_step, eval_step, train_iter, decode_fn,
+                      data_config)
 
 
-def _tokenizers(config, workdir: Path, staging: str):
+def _tokenizers(data_config, workdir: Path, staging: str):
     """Process 0 builds the tokenizer first; the others then load it from the workdir.
 
     A single-process run keeps a newly trained tokenizer in `staging` until `_commit`; in a
@@ -118,13 +120,13 @@ def _tokenizers(config, workdir: Path, staging: str):
     """
     multi = jax.process_count() > 1
     if jax.process_index() == 0:
-        pair = data_lib.get_tokenizers(config.data, str(workdir),
+        pair = data_lib.get_tokenizers(data_config, str(workdir),
                                        staging_dir=None if multi else staging)
     if multi:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("seq2seq_jax.tokenizers")
     if jax.process_index() != 0:
-        pair = data_lib.get_tokenizers(config.data, str(workdir))
+        pair = data_lib.get_tokenizers(data_config, str(workdir))
     return pair
 
 
@@ -174,7 +176,7 @@ def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, float]
     """Teacher-forced loss, nll, perplexity and token accuracy over `split` (`eval_` names)."""
     c = exp.config
     batches = data_lib.make_eval_batches(
-        c.data, exp.source_tokenizer, exp.target_tokenizer, split=split,
+        exp.data_config, exp.source_tokenizer, exp.target_tokenizer, split=split,
         batch_size=eval_batch_size(c) // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count())
     total = None
@@ -196,7 +198,7 @@ def decode_and_score(exp: Experiment, params: Any, split: str, max_examples: int
     c = exp.config
     if c.eval.task_metric == "none":
         return {}, []
-    pairs = data_lib.load_texts(c.data, split, max_examples or None)
+    pairs = data_lib.load_texts(exp.data_config, split, max_examples or None)
     hyps = decode_eval.decode_texts(
         exp.decode_fn, params, [s for s, _ in pairs], source_tokenizer=exp.source_tokenizer,
         target_tokenizer=exp.target_tokenizer, max_source_length=c.data.max_source_length,
