@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seq2seq_jax.layers import pallas_attention
 from seq2seq_jax.ops import accumulate_in_float32
 
 Array = chex.Array
@@ -141,9 +142,13 @@ class AdditiveAttention(nn.Module):
       kernel_init: initializer of W, U and v.
       implementation: "naive" materialises the [B, T, S, A] tanh tensor of a parallel query;
         "chunked" computes it `chunk_size` query steps at a time with recomputation in the
-        backward pass (same outputs and gradients, a fraction of the memory); "auto" (default)
-        chunks when that tensor would exceed 2^26 elements (2^22 on CPU, where the chunked
-        form is also faster: its chunks stay in cache).
+        backward pass (same outputs and gradients, a fraction of the memory); "pallas" runs
+        the fused kernels of `seq2seq_jax.layers.pallas_attention` (online softmax, tanh
+        recomputed tile by tile in the backward pass; Triton on GPU, Pallas' interpreter on
+        CPU, which is slow and meant for tests); "auto" (default) picks "pallas" on GPU for
+        parallel queries whose shapes the kernels take, else chunks when that tensor would
+        exceed 2^26 elements (2^22 on CPU, where the chunked form is also faster: its chunks
+        stay in cache). A single-step query always takes the one-step path.
       chunk_size: T-chunk of the chunked form; 0 picks one (~2^22 tanh elements per chunk,
         2^19 on CPU).
     """
@@ -205,7 +210,7 @@ class AdditiveAttention(nn.Module):
 
     def _use_chunks(self, batch: int, steps: int, sources: int) -> int:
         """The T-chunk size to use, or 0 for the naive (fully materialised) form."""
-        if self.implementation == "naive" or steps == 1:
+        if self.implementation in ("naive", "pallas") or steps == 1:
             return 0
         threshold, per_chunk = _auto_sizes()
         chunk = self.chunk_size or _auto_chunk(steps, sources, batch, self.attention_dim,
@@ -214,9 +219,24 @@ class AdditiveAttention(nn.Module):
             return max(1, min(chunk, steps))
         if self.implementation != "auto":
             raise ValueError(f"unknown implementation {self.implementation!r}; "
-                             "known: 'auto', 'naive', 'chunked'")
+                             f"known: {IMPLEMENTATIONS}")
         big = batch * steps * sources * self.attention_dim > threshold
         return min(chunk, steps) if big else 0
+
+    def _use_pallas(self, steps: int, value_width: int) -> bool:
+        """Whether a [B, T] query runs through the fused Pallas kernels."""
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {self.implementation!r}; "
+                             f"known: {IMPLEMENTATIONS}")
+        if steps == 1 or self.implementation not in ("pallas", "auto"):
+            return False
+        reason = pallas_attention.pallas_supported(self.attention_dim // self.num_heads,
+                                                   value_width // self.num_heads)
+        if self.implementation == "pallas":
+            if reason:
+                raise ValueError(f"AdditiveAttention(implementation='pallas'): {reason}")
+            return True
+        return reason is None and jax.default_backend() == "gpu"
 
     def __call__(
         self,
@@ -240,6 +260,10 @@ class AdditiveAttention(nn.Module):
         qp = self._projected_query(q).reshape(b, t, h, d)
         kp = projected_keys.astype(self.dtype).reshape(b, s, h, d)
         mask4 = _mask_to_4d(mask, single_step)
+        if self._use_pallas(t, values.shape[-1]):
+            context, weights = pallas_attention.fused_additive_attention(
+                qp, kp, self._effective_v(), mask4, values, self.dtype)
+            return _finish(context, weights, single_step, self.num_heads)
         chunk = self._use_chunks(b, t, s)
         if chunk:
             context, weights = _chunked_additive(qp, kp, self._effective_v(), mask4, values,
@@ -252,6 +276,8 @@ class AdditiveAttention(nn.Module):
             context = _split_heads_context(weights, values, self.num_heads, self.dtype)
         return _finish(context, weights, single_step, self.num_heads)
 
+
+IMPLEMENTATIONS = ("auto", "naive", "chunked", "pallas")
 
 # Above this many elements of the [B, T, S, A] tanh tensor (256 MiB in float32), "auto" chunks,
 # aiming at this many elements per chunk (16 MiB).
