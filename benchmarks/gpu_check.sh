@@ -64,7 +64,7 @@ if [[ "${1:-}" == "--download-wheels" ]]; then
     tensorboardX==2.6.5 importlib_resources==7.1.0
   mkdir -p "$WHEELS_DIR"
   for name in array_record dm_tree docstring_parser googleapis_common_protos grain \
-      immutabledict importlib_resources ml_collections portpicker promise protobuf \
+      immutabledict importlib_resources ml_collections portpicker promise protobuf etils \
       simple_parsing tensorboardx tensorflow_datasets tensorflow_metadata termcolor toml; do
     cp "$tmp"/all/"$name"-*.whl "$WHEELS_DIR"/
   done

@@ -8,10 +8,12 @@ two versions, and that every requirement of every wheel (extras aside, markers e
 Linux and that Python) is met by another carried wheel or by a package the GPU machine has
 (`GPU_MACHINE_HAS`, its image's package list). Where a requirement names a package the
 machine has but this interpreter's installed version misses the specifier, the carried wheel
-of that name is installed too (protobuf: googleapis-common-protos wants >= 6.33.5); without
-one that is an error.
+of that name is installed too (`CONDITIONAL`: protobuf, which googleapis-common-protos wants
+>= 6.33.5, and etils, which tensorflow-datasets wants >= 1.9.1); without one that is a
+warning (the install goes on; the import check after it tells).
 
-Prints the wheel paths to install, one a line, on stdout; problems on stderr; exit 1 if any.
+Prints the wheel paths to install, one a line, on stdout; problems and warnings on stderr;
+exit 1 on a problem (a wheel that cannot install, two versions, an unmet requirement).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ GPU_MACHINE_HAS = {
     sacrebleu matplotlib tensorboard msgpack""".split()
 }
 # Carried only when the machine's own copy misses a carried wheel's requirement.
-CONDITIONAL = {canonicalize_name("protobuf")}
+CONDITIONAL = {canonicalize_name("protobuf"), canonicalize_name("etils")}
 
 
 def _cp_version(interpreter: str) -> tuple[int, int] | None:
@@ -99,7 +101,8 @@ def check(wheel_dir: Path, python: str) -> tuple[list[Path], list[str]]:
                 if dep in wheels:
                     needed.add(dep)
                 else:
-                    problems.append(f"{name} needs {req}; installed here: {have}")
+                    print(f"gpu_wheels: warning: {name} needs {req}; installed here: {have}",
+                          file=sys.stderr)
     return [wheels[n][0] for n in sorted(needed)], problems
 
 
