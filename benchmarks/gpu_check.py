@@ -19,6 +19,8 @@ issue's size B=32, T=S=256, A=512, H=8 with a padding mask of source lengths S/2
 
 `--smoke` shrinks every size so the whole path runs in seconds on CPU (Pallas interpreter):
 it checks the script, not the speed. No figure is printed that was not measured in this run.
+A part that fails (say, a Triton compile error) is printed as a record with its `error` and
+its traceback on stderr, and the other parts still run; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -95,7 +98,7 @@ def agreement(sizes: dict[str, int]) -> dict[str, Any]:
     scale = jax.tree.map(lambda a: float(np.abs(a).max()), results["chunked"])
     leaves = jax.tree.leaves(diffs)
     finite = all(np.isfinite(x).all() for x in jax.tree.leaves(results["pallas"]))
-    return {"name": "attention/pallas_vs_chunked/max_abs_diff", "value": max(leaves),
+    return {"value": max(leaves),
             "unit": "abs", "context_diff": diffs[0][0], "weights_diff": diffs[0][1],
             "grad_diffs": jax.tree.leaves(diffs[1]), "grad_scales": jax.tree.leaves(scale[1]),
             "finite": bool(finite), **sizes}
@@ -152,7 +155,7 @@ def tile_sweep(sizes, smoke: bool) -> list[dict[str, Any]]:
             row["fwd_bwd_ms"] = round(median(time_calls(
                 lambda fn=fn: fn(qp, kp, v, values), repeats=sizes["repeats"])) * 1e3, 3)
         except Exception as e:  # noqa: BLE001 - a tiling the compiler rejects is a finding
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            row["error"] = _error(e)
         rows.append(row)
     return sorted(rows, key=lambda r: r.get("fwd_bwd_ms", float("inf")))
 
@@ -165,25 +168,45 @@ def _emit(record: dict[str, Any], out) -> None:
         out.flush()
 
 
-def bench(smoke: bool, out_path: str | None) -> None:
+def _error(e: Exception) -> str:
+    """The exception's type and first line, for a JSON record (the traceback goes to stderr)."""
+    traceback.print_exc()
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def bench(smoke: bool, out_path: str | None) -> int:
+    """Emits every figure; a failing part is recorded with its error and the rest still runs.
+
+    Returns the number of parts that failed.
+    """
     sizes = _sizes(smoke)
     out = open(out_path, "a") if out_path else None  # noqa: SIM115 - closed below
     env = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
            "jax": jax.__version__, "kernel_backend": pa.default_backend(), "smoke": smoke}
     _emit({"name": "environment", **env}, out)
-    _emit(agreement(sizes), out)
+    failed = 0
+    parts = [("attention/pallas_vs_chunked/max_abs_diff", lambda: agreement(sizes))]
     # Ascending expected memory: the device's peak counter only grows, so each form's
     # "peak so far" bounds its own peak from above and is exact for the first one.
     for impl, dtype in (("pallas", jnp.bfloat16), ("pallas", jnp.float32),
                         ("chunked", jnp.bfloat16), ("chunked", jnp.float32),
                         ("naive", jnp.bfloat16), ("naive", jnp.float32)):
         name = jnp.dtype(dtype).name
-        _emit({"name": f"attention/{impl}/{name}", "impl": impl, "dtype": name, **sizes,
-               **measure(sizes, impl, dtype)}, out)
-    _emit({"name": "attention/pallas/tile_sweep", "rows": tile_sweep(sizes, smoke), **sizes},
-          out)
+        parts.append((f"attention/{impl}/{name}", lambda impl=impl, dtype=dtype, name=name: {
+            "impl": impl, "dtype": name, **sizes, **measure(sizes, impl, dtype)}))
+    parts.append(("attention/pallas/tile_sweep",
+                  lambda: {"rows": tile_sweep(sizes, smoke), **sizes}))
+    for name, part in parts:
+        try:
+            record = {"name": name, **part()}
+        except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
+            failed += 1
+            record = {"name": name, "error": _error(e), **sizes}
+        _emit(record, out)
     if out is not None:
         out.close()
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--smoke", action="store_true", help="tiny sizes (a CPU rehearsal)")
     b.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
-    bench(args.smoke, args.out)
-    return 0
+    return 1 if bench(args.smoke, args.out) else 0
 
 
 if __name__ == "__main__":
