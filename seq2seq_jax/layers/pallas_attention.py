@@ -25,7 +25,9 @@ Backends: "triton" (GPU; Pallas' Triton lowering is chosen explicitly with
 `pallas.triton.CompilerParams`, since JAX >= 0.10 defaults `pallas_call` on GPU to Mosaic
 GPU), "interpret" (Pallas' interpreter: any backend, slow, used by the CPU tests) and
 "mosaic" (TPU; written to the same API but never run on a TPU here). `backend=None` picks
-"triton" on GPU, "mosaic" on TPU and "interpret" elsewhere.
+"triton" on GPU, "mosaic" on TPU and "interpret" elsewhere. JAX 0.11 deprecates Pallas' Triton
+backend (its changelog: to be removed in a future version); it still lowers, with a warning.
+A Mosaic GPU port is the way on once the Triton kernels have GPU figures to beat.
 """
 
 from __future__ import annotations
