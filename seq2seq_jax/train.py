@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seq2seq_jax.training import experiment, loop, parallel
-from seq2seq_jax.training.checkpoint import CheckpointError
+from seq2seq_jax.workdir import CheckpointError
 
 _REPO_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
 _DEFAULT = "configs/default.py" if Path("configs/default.py").is_file() else str(_REPO_DEFAULT)

@@ -24,14 +24,19 @@ from typing import Any
 import ml_collections
 
 from seq2seq_jax.data.config import DataConfig, default_data_config, validate_data_config
+from seq2seq_jax.decoding.options import SearchConfig
 from seq2seq_jax.models.config import config_keys, default_model_config, preset_names
 from seq2seq_jax.models.registry import check_batching
 from seq2seq_jax.training.optim import default_optimizer_config, validate_optimizer_config
 from seq2seq_jax.training.parallel import default_distributed_config
-
-CONFIG_FILENAME = "config.json"
-CONFIG_HISTORY_DIRNAME = "config_history"  # Earlier config.json versions: 1.json, 2.json, ...
-LOCK_FILENAME = "train.lock"
+from seq2seq_jax.workdir.layout import (  # noqa: F401  (save_config, load_config re-exported)
+    CONFIG_FILENAME,
+    CONFIG_HISTORY_DIRNAME,
+    LOCK_FILENAME,
+    TOKENIZER_DIRNAME,
+    load_config,
+    save_config,
+)
 
 # Keys a resumed run may not change (fnmatch patterns over dotted keys): they decide the
 # parameter shapes, the tokenizer, the data stream or the optimiser state's structure. Every
@@ -58,8 +63,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.task_metric = "exact_match"  # "exact_match" (generated tasks), "bleu" (+chrF), "none".
     c.decode_examples = 256  # Examples of the split decoded for the task metric (0 = all).
     c.decode_batch_size = 128  # Rows per decoding call.
-    c.beam_size = 1  # 1 = greedy search.
-    c.alpha = 0.6  # GNMT length penalty of beam search.
+    c.beam_size = SearchConfig.beam_size  # 1 = greedy search.
+    c.alpha = SearchConfig.alpha  # GNMT length penalty of beam search.
     c.max_decode_length = 0  # Output buffer length L (0 = data.max_target_length).
     # Split fully decoded (all examples) once training ends, logged as `<split>_<metric>`
     # ("" = none). Generated tasks report their test split here.
@@ -215,52 +220,6 @@ def prepare_workdir(workdir: str) -> Path:
     return path
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: os.PathLike | str) -> Path:
-    """Writes the resolved config as `WORKDIR/config.json` (sorted keys) and returns its path.
-
-    A different earlier `config.json` is kept as `WORKDIR/config_history/<n>.json` (n = 1, 2,
-    ... in order), so no version of a run's config is ever lost.
-    """
-    path = Path(workdir) / CONFIG_FILENAME
-    text = json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
-    if path.is_file():
-        old = path.read_text()
-        if old == text:
-            return path
-        history = Path(workdir) / CONFIG_HISTORY_DIRNAME
-        history.mkdir(exist_ok=True)
-        numbers = [int(p.stem) for p in history.glob("*.json") if p.stem.isdigit()]
-        _atomic_write(history / f"{max(numbers, default=0) + 1}.json", old)
-    _atomic_write(path, text)
-    return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
-    """Reads `WORKDIR/config.json` back into a ConfigDict (tuples come back as lists).
-
-    Raises:
-      FileNotFoundError: there is no config.json.
-      ValueError: it is not a JSON object (the message names the file, line and column).
-    """
-    path = Path(workdir) / CONFIG_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILENAME} in workdir {str(workdir)!r}")
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object of config "
-                         "sections")
-    return ml_collections.ConfigDict(value)
-
-
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out = {}
@@ -307,7 +266,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: os.PathLike | str,
     path = Path(workdir)
     if not (path / CONFIG_FILENAME).is_file():
         return
-    if not has_checkpoints and not (path / "tokenizer").is_dir():
+    if not has_checkpoints and not (path / TOKENIZER_DIRNAME).is_dir():
         return
     conflicts = resume_conflicts(load_config(path), config)
     if conflicts:

@@ -21,10 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-METRICS_FILENAME = "metrics.jsonl"
-TENSORBOARD_DIRNAME = "tensorboard"
-CURVES_FILENAME = "learning_curves.png"
-
+from seq2seq_jax.workdir.layout import METRICS_FILENAME, TENSORBOARD_DIRNAME
 
 _EVENT_FILES = itertools.count()  # Event file names unique within a process (see below).
 
