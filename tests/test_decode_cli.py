@@ -222,3 +222,209 @@ def test_bfloat16_decoding_casts_the_weights_once_and_reports_its_dtype(workdir,
     assert len((tmp_path / "out.txt").read_text().split("\n")[:-1]) == len(LINES)
     with pytest.raises(ValueError, match="floating-point dtype, got 'int32'"):
         restore_from_workdir(workdir, dtype="int32")
+
+
+# --- n-best lists, scoring given translations, ensembles, streaming, Pharaoh alignments ------
+# In-process `run_decode` calls share their compiled programs; references are independent:
+# teacher-forced `model.apply` log-probabilities (tests/forced_reference.py), the GNMT penalty
+# written out, the argmax of the JSON-lines weights of `cli_run`, the CLI's own outputs.
+
+
+def _jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def beam_nbest(workdir, cli_run, tmp_path_factory) -> dict:
+    """Beam 3 with 3-best lists (JSON lines, then Moses) and Pharaoh alignments."""
+    out = tmp_path_factory.mktemp("nbest")
+    (out / "in.txt").write_text("\n".join(LINES) + "\n")
+    common = dict(workdir=str(workdir), input=str(out / "in.txt"), beam_size=3, nbest=3,
+                  batch_size=8, progress=False)
+    run_lib.run_decode(run_lib.DecodeOptions(
+        **common, output=str(out / "out.txt"), nbest_output=str(out / "nbest.jsonl"),
+        alignments=str(out / "align.txt"), alignment_format="pharaoh"))
+    run_lib.run_decode(run_lib.DecodeOptions(
+        **common, output=str(out / "out2.txt"), nbest_output=str(out / "nbest.moses"),
+        nbest_format="moses"))
+    return {"dir": out, "outputs": run_lib.read_lines(str(out / "out.txt")),
+            "nbest": _jsonl(out / "nbest.jsonl")}
+
+
+@pytest.mark.slow
+def test_nbest_lists(beam_nbest, cli_run, workdir):
+    from forced_reference import forced_scores
+
+    outputs, records = beam_nbest["outputs"], beam_nbest["nbest"]
+    assert outputs == cli_run["outputs"]  # The main output is unchanged by --nbest.
+    by_index = {}
+    for r in records:
+        by_index.setdefault(r["index"], []).append(r)
+    assert sorted(by_index) == list(range(len(LINES)))
+    restored = restore_from_workdir(workdir)
+    pairs = []
+    for i, hyps in by_index.items():
+        assert [h["rank"] for h in hyps] == list(range(1, len(hyps) + 1)) and len(hyps) <= 3
+        assert hyps[0]["text"] == outputs[i]  # Rank 1 is the main output.
+        assert [h["score"] for h in hyps] == sorted((h["score"] for h in hyps), reverse=True)
+        if not LINES[i]:
+            assert hyps == [{"index": i, "rank": 1, "text": "", "score": 0.0, "log_prob": 0.0,
+                             "length": 0}]
+            continue
+        source = np.asarray([*restored.source_tokenizer.encode(LINES[i][:39]),
+                             restored.source_tokenizer.eos_id])
+        for h in hyps:
+            assert h["log_prob"] == pytest.approx(h["score"] * ((5 + h["length"]) / 6) ** 0.6,
+                                                  rel=1e-6)
+            ids = restored.target_tokenizer.encode(h["text"])
+            ids += [restored.target_tokenizer.eos_id] if h["length"] > len(ids) else []
+            assert len(ids) == h["length"]
+            pairs.append((source, np.asarray(ids), h["log_prob"]))
+    sources, targets, log_probs = zip(*pairs, strict=True)
+    np.testing.assert_allclose(log_probs, forced_scores(
+        [(restored.model, restored.params)], sources, targets), rtol=1e-5, atol=1e-4)
+    moses = (beam_nbest["dir"] / "nbest.moses").read_text().splitlines()
+    assert len(moses) == len(records)
+    for line, r in zip(moses, records, strict=True):  # Parsed back: first and last separators.
+        index, rest = line.split(" ||| ", 1)
+        text, score = rest.rsplit(" ||| ", 1)
+        assert (int(index), text, float(score)) == (r["index"], r["text"], r["score"])
+
+
+@pytest.mark.slow
+def test_pharaoh_alignments_are_the_attention_maxima(beam_nbest, cli_run):
+    lines = (beam_nbest["dir"] / "align.txt").read_text().split("\n")[:-1]
+    assert len(lines) == len(LINES) and lines[1] == ""
+    for line, record in zip(lines, read_alignments_jsonl(cli_run["dir"] / "align.jsonl"),
+                            strict=True):
+        weights = np.asarray(record.weights)
+        source = len(record.source_tokens) - 1  # Without EOS.
+        output = len(record.output_tokens) - (record.output_tokens[-1:] == ["</s>"])
+        expected = [f"{int(np.argmax(weights[j, :source]))}-{j}" for j in range(output)]
+        assert line.split() == expected
+
+
+@pytest.fixture(scope="module")
+def greedy_scored(workdir, tmp_path_factory) -> dict:
+    """Greedy with its 1-best list (greedy's own scores), then --score_targets of its output."""
+    out = tmp_path_factory.mktemp("score")
+    (out / "in.txt").write_text("\n".join(LINES) + "\n")
+    common = dict(workdir=str(workdir), input=str(out / "in.txt"), beam_size=1, progress=False)
+    run_lib.run_decode(run_lib.DecodeOptions(**common, output=str(out / "greedy.txt"),
+                                             nbest_output=str(out / "greedy.jsonl")))
+    summary = run_lib.run_decode(run_lib.DecodeOptions(
+        **common, score_targets=str(out / "greedy.txt"), output=str(out / "scores.jsonl"),
+        metrics_file=str(out / "metrics.json")))
+    run_lib.run_decode(run_lib.DecodeOptions(
+        **common, score_targets=str(out / "greedy.txt"), output=str(out / "scores.txt"),
+        score_format="plain"))
+    return {"dir": out, "greedy": _jsonl(out / "greedy.jsonl"), "summary": summary,
+            "scores": _jsonl(out / "scores.jsonl"), "outputs": run_lib.read_lines(
+                str(out / "greedy.txt"))}
+
+
+@pytest.mark.slow
+def test_score_targets_is_forced_decoding(greedy_scored, workdir):
+    from forced_reference import forced_scores
+
+    greedy, scores = greedy_scored["greedy"], greedy_scored["scores"]
+    assert [s["index"] for s in scores] == list(range(len(LINES)))  # Order and count kept.
+    assert scores[1] == {"index": 1, "score": None, "tokens": 0, "mean": None}  # Empty line.
+    restored = restore_from_workdir(workdir)
+    tok = restored.target_tokenizer
+    pairs = []
+    for line, g, s in zip(LINES, greedy, scores, strict=True):
+        if not line:
+            continue
+        target = [*tok.encode(g["text"]), tok.eos_id]  # The text's tokens and EOS.
+        assert s["tokens"] == len(target) and s["mean"] == pytest.approx(s["score"] / len(target))
+        if g["length"] == len(target):  # Greedy ended with EOS: its own score.
+            assert s["score"] == pytest.approx(g["score"], rel=1e-5, abs=1e-4)
+        source = [*restored.source_tokenizer.encode(line[:39]), restored.source_tokenizer.eos_id]
+        pairs.append((np.asarray(source), np.asarray(target), s["score"]))
+        # Greedy's own tokens (EOS only if produced) against the same reference.
+        pairs.append((np.asarray(source), np.asarray(target[:g["length"]]), g["score"]))
+    sources, targets, got = zip(*pairs, strict=True)
+    np.testing.assert_allclose(got, forced_scores([(restored.model, restored.params)], sources,
+                                                  targets), rtol=1e-5, atol=1e-4)
+    plain = (greedy_scored["dir"] / "scores.txt").read_text().split("\n")[:-1]
+    assert plain == ["" if s["score"] is None else repr(s["score"]) for s in scores]
+    assert greedy_scored["summary"]["mode"] == "score"
+    assert greedy_scored["summary"]["sentences"] == len(LINES) - 1
+
+
+@pytest.mark.slow
+def test_score_targets_errors_name_the_file(greedy_scored, workdir, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("x\n")
+    with pytest.raises(ValueError, match=f"--score_targets {short} has 1 lines but the input"):
+        run_lib.run_decode(run_lib.DecodeOptions(
+            workdir=str(workdir), input=str(greedy_scored["dir"] / "in.txt"),
+            score_targets=str(short)))
+    with pytest.raises(ValueError, match="--score_targets needs the sources in --input"):
+        run_lib.run_decode(run_lib.DecodeOptions(workdir=str(workdir), score_targets=str(short)))
+    with pytest.raises(ValueError, match="--nbest=4 must be between 1 and the beam size 3"):
+        run_lib.run_decode(run_lib.DecodeOptions(
+            workdir=str(workdir), input=str(short), beam_size=3, nbest=4,
+            nbest_output=str(tmp_path / "n.jsonl")))
+
+
+@pytest.mark.slow
+def test_ensemble_of_a_model_with_itself_is_that_model(workdir, beam_nbest, tmp_path):
+    pair = f"{workdir},{workdir}"
+    common = dict(workdir=pair, input=str(beam_nbest["dir"] / "in.txt"), progress=False)
+    summary = run_lib.run_decode(run_lib.DecodeOptions(
+        **common, beam_size=3, nbest=3, batch_size=8, output=str(tmp_path / "out.txt"),
+        nbest_output=str(tmp_path / "nbest.jsonl")))
+    assert summary["ensemble"] == 2 and summary["workdirs"] == [str(workdir)] * 2
+    assert run_lib.read_lines(str(tmp_path / "out.txt")) == beam_nbest["outputs"]
+    nbest = _jsonl(tmp_path / "nbest.jsonl")
+    assert [(r["index"], r["text"]) for r in nbest] == [(r["index"], r["text"])
+                                                       for r in beam_nbest["nbest"]]
+    for key in ("score", "log_prob"):
+        np.testing.assert_allclose([r[key] for r in nbest],
+                                   [r[key] for r in beam_nbest["nbest"]], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ensemble_with_another_target_vocabulary_is_a_one_line_error(workdir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    meta_path = next((other / "tokenizer").rglob("tokenizer.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["chars"] = meta["chars"][::-1]  # Same characters, other ids.
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as info:
+        run_lib.run_decode(run_lib.DecodeOptions(workdir=f"{workdir},{other}",
+                                                 input=str(meta_path)))
+    assert str(info.value) == (f"--workdir: {workdir} and {other} have different target "
+                               "vocabularies; an ensemble's models must share them")
+
+
+@pytest.mark.slow
+def test_stream_answers_each_line_before_the_next_arrives(workdir, greedy_scored):
+    """A client that waits for line 1's translation before it sends line 2."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq_jax.decode", f"--workdir={workdir}",
+                             "--stream", "--beam_size=1", "--batch_size=4"], cwd=ROOT,
+                            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    received: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [received.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        for i in (0, 2, 1):  # Two lines of one bucket width, then an empty line.
+            proc.stdin.write(LINES[i] + "\n")
+            proc.stdin.flush()
+            try:
+                answer = received.get(timeout=240)
+            except queue.Empty:
+                pytest.fail(f"no answer to line {LINES[i]!r}: {proc.poll()=}")
+            assert answer == greedy_scored["outputs"][i] + "\n"
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert received.empty() and "Traceback" not in proc.stderr.read()

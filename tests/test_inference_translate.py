@@ -189,3 +189,127 @@ def test_blank_inputs_are_not_decoded(random_model):
     out = translator.translate(params, ["", "   "])
     assert [(t.text, t.output_ids.size) for t in out] == [("", 0), ("", 0)]
     assert translator.stats.sentences == 0 and translator.stats.batches == 0
+
+
+def test_search_defaults_are_declared_once_in_search_config():
+    """Every default of how to decode comes from `SearchConfig`: the decode CLI's options and
+    flags, the experiment config's eval section, the library's searches."""
+    import inspect
+
+    from absl import flags as absl_flags
+
+    from seq2seq_jax import decoding
+    from seq2seq_jax.decoding.options import SearchConfig
+    from seq2seq_jax.training import experiment
+
+    defaults = SearchConfig()
+    options = run_lib.DecodeOptions(workdir="w")
+    for name in ("length_ratio", "length_offset", "sample", "temperature", "top_k", "top_p",
+                 "seed", "nbest"):
+        assert getattr(options, name) == getattr(defaults, name), name
+    eval_cfg = experiment.default_eval_config()
+    assert (eval_cfg.beam_size, eval_cfg.alpha) == (defaults.beam_size, defaults.alpha)
+    beam = inspect.signature(decoding.beam_search).parameters
+    assert beam["alpha"].default == defaults.alpha
+    limit = inspect.signature(decoding.max_length_from_source).parameters
+    assert (limit["a"].default, limit["b"].default) == (defaults.length_ratio,
+                                                         defaults.length_offset)
+    from seq2seq_jax import decode  # noqa: F401  (defines the flags)
+
+    for name in ("length_ratio", "length_offset", "temperature", "top_k", "top_p", "seed",
+                 "batch_size", "num_plots", "nbest", "nbest_format", "score_format",
+                 "alignment_format", "stream"):
+        assert absl_flags.FLAGS[name].default == getattr(options, name), name
+
+
+def test_search_config_from_an_experiment_config():
+    from seq2seq_jax.decoding.options import SearchConfig
+    from seq2seq_jax.training import experiment
+
+    config = experiment.base_config()
+    config.eval.beam_size, config.eval.alpha = 5, 1.0
+    config.data.max_target_length, config.eval.max_decode_length = 40, 0
+    search = SearchConfig.from_config(config)
+    assert (search.beam_size, search.alpha, search.max_length) == (5, 1.0, 40)
+    config.eval.max_decode_length = 12
+    assert SearchConfig.from_config(config, alpha=0.0).max_length == 12
+    assert SearchConfig.from_config(config, alpha=0.0).alpha == 0.0
+
+
+# --- n-best, forced decoding (scoring) and ensembles, on both model families (issue 15) -------
+# The RNNsearch is `random_model` and the settings are `_translator`'s, so the greedy programs
+# compiled by the tests above are reused.
+
+
+@pytest.fixture(scope="module")
+def transformer_model(random_model):
+    tok = random_model[2]
+    config = models.ModelConfig(name="transformer", source_vocab_size=tok.vocab_size,
+                                target_vocab_size=tok.vocab_size, bos_id=tok.bos_id,
+                                eos_id=tok.eos_id, emb_dim=8, num_heads=2, mlp_dim=16,
+                                encoder_layers=1, decoder_layers=1, max_len=32,
+                                deterministic=True)
+    model = models.build_model(config)
+    return model, models.init_variables(model, jax.random.PRNGKey(5))["params"], tok
+
+
+@pytest.mark.parametrize(("family", "dtype"), [("rnnsearch", None), ("transformer", "bfloat16")])
+def test_nbest_and_forced_scores(family, dtype, random_model, transformer_model):
+    """Greedy's own output scores to greedy's score; every n-best hypothesis' log_prob is its
+    forced score, and both match the teacher-forced `model.apply` reference."""
+    from forced_reference import forced_scores
+
+    model, params, tok = random_model if family == "rnnsearch" else transformer_model
+    if dtype is not None:
+        config, params = models.with_dtype(model.config, params, dtype)
+        model = models.build_model(config)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype is None else dict(rtol=2e-2, atol=0.1)
+    greedy = _translator((model, params, tok), 4).translate(params, SOURCES)
+    beam = _translator((model, params, tok), 4, beam_size=3, nbest=3).translate(params, SOURCES)
+    hyps = [(i, h) for i, t in enumerate(beam) for h in t.hypotheses or []]
+    for t in beam:
+        if t.hypotheses is not None:
+            assert t.hypotheses[0].text == t.text and t.hypotheses[0].score == t.score
+            scores = [h.score for h in t.hypotheses]
+            assert scores == sorted(scores, reverse=True) and 1 <= len(scores) <= 3
+    # One forced-decoding call scores greedy's outputs (blank lines included) and the n-best.
+    sources = SOURCES + [SOURCES[i] for i, _ in hyps]
+    targets = [t.output_ids for t in greedy] + [h.output_ids for _, h in hyps]
+    forced = _translator((model, params, tok), 4).score(params, sources, targets)
+    for g, f in zip(greedy, forced[:len(SOURCES)], strict=True):  # Greedy's own score.
+        assert f.score == pytest.approx(g.score, rel=1e-6, abs=1e-5) and g.log_prob == g.score
+        assert f.truncated == g.truncated and f.output_ids.size == g.output_ids.size
+    for (_, h), f in zip(hyps, forced[len(SOURCES):], strict=True):
+        assert h.log_prob == pytest.approx(h.score * ((5 + len(h.output_ids)) / 6) ** 0.6,
+                                           rel=1e-6)
+        assert h.log_prob == pytest.approx(f.score, rel=1e-5, abs=1e-4)
+    real = [f for f in forced if f.output_ids.size]
+    np.testing.assert_allclose([f.score for f in real], forced_scores(
+        [(model, params)], [f.source_ids for f in real], [f.output_ids for f in real]), **tol)
+
+
+def test_mixed_family_ensemble_averages_log_probabilities(random_model, transformer_model):
+    """An RNNsearch + Transformer ensemble (same vocabulary): greedy, sampling and forced scores
+    follow the normalised mean of the two models' teacher-forced log-probabilities (an ensemble
+    of a model with itself: tests/test_decode_cli.py)."""
+    from forced_reference import forced_scores
+
+    members = [random_model[:2], transformer_model[:2]]
+    modules, params = [m for m, _ in members], [p for _, p in members]
+    greedy = _translator((modules, None, random_model[2]), 4).translate(params, SOURCES)
+    sampled = _translator((modules, None, random_model[2]), 4, sample=True, seed=3).translate(
+        params, SOURCES)
+    scored = _translator((modules, None, random_model[2]), 4).score(
+        params, SOURCES, ["12", "", "a", "", "0"])
+    eos = random_model[2].eos_id  # A blank source is not scored; a blank target is EOS alone.
+    assert scored[1].output_ids.size == 0 and scored[3].output_ids.tolist() == [eos]
+    assert scored[2].output_ids.tolist() == [*random_model[2].encode("a"), eos]
+    real = [t for t in [*greedy, *sampled, *scored] if t.output_ids.size]
+    np.testing.assert_allclose([t.score for t in real], forced_scores(
+        members, [t.source_ids for t in real], [t.output_ids for t in real]),
+        rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="2 models needs as many parameter trees, got 1"):
+        _translator((modules, None, random_model[2]), 4).translate(params[:1], SOURCES)
+    with pytest.raises(ValueError, match=r"^line 2: the target has 41 tokens \(EOS included\), "
+                       "more than the model's max_len 32$"):
+        _translator((modules, None, random_model[2]), 4).score(params, ["a", "b"], ["", "0" * 40])

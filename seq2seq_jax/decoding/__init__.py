@@ -8,12 +8,14 @@ dimension N. Nothing here imports the models.
 from seq2seq_jax.decoding.beam import beam_search
 from seq2seq_jax.decoding.filtering import filter_logits, top_k_filter, top_p_filter
 from seq2seq_jax.decoding.lengths import gnmt_length_penalty, max_length_from_source
+from seq2seq_jax.decoding.options import SearchConfig
 from seq2seq_jax.decoding.result import Beams, DecodeResult
 from seq2seq_jax.decoding.search import greedy_search, per_example_keys, sample
 from seq2seq_jax.decoding.step import PAD_ID, TokensToLogits, probe_step, step_log_probs
 
 __all__ = [
     "PAD_ID",
+    "SearchConfig",
     "Beams",
     "DecodeResult",
     "TokensToLogits",

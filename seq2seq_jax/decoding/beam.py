@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from seq2seq_jax.decoding.lengths import gnmt_length_penalty, resolve_max_length
+from seq2seq_jax.decoding.options import SearchConfig
 from seq2seq_jax.decoding.result import Beams, DecodeResult
 from seq2seq_jax.decoding.step import PAD_ID, PyTree, TokensToLogits, probe_step, step_log_probs
 from seq2seq_jax.ops import top_k
@@ -165,7 +166,7 @@ def _finalize(state: _BeamState, alpha) -> DecodeResult:
 def beam_search(
     tokens_to_logits: TokensToLogits, cache: PyTree, *, beam_size: int, bos_id: int,
     eos_id: int, max_length: int | jax.Array, max_decode_length: int | None = None,
-    alpha: float | jax.Array = 0.6
+    alpha: float | jax.Array = SearchConfig.alpha
 ) -> DecodeResult:
     """Batched beam search with the GNMT length penalty `((5 + len) / 6) ** alpha`.
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seq2seq_jax.decoding.options import SearchConfig
+
 
 def gnmt_length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Array:
     """GNMT length penalty `((5 + length) / 6) ** alpha` (Wu et al., 2016).
@@ -25,7 +27,11 @@ def gnmt_length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> ja
 
 
 def max_length_from_source(
-    source_lengths: jax.Array | np.ndarray, *, a: float = 1.5, b: float = 10.0, cap: int
+    source_lengths: jax.Array | np.ndarray,
+    *,
+    a: float = SearchConfig.length_ratio,
+    b: float = SearchConfig.length_offset,
+    cap: int,
 ) -> jax.Array:
     """Per-example maximum output length `ceil(a * source_length + b)`, clipped to [1, cap].
 

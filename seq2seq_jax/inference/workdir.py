@@ -1,17 +1,17 @@
 """Restoring a trained model for decoding from a self-contained workdir (read-only).
 
 A workdir holds `config.json`, `tokenizer/` and `checkpoints/<step>/` (see
-`seq2seq_jax.training.checkpoint`). Nothing here writes to it, so decoding is safe while training
-still runs in the same workdir (no Orbax manager is opened: that would clean up the trainer's
-in-flight temporary directories).
+`seq2seq_jax.workdir`, which owns the layout and the read-only queries used here). Nothing here
+writes to it, so decoding is safe while training still runs in the same workdir (the only Orbax
+manager opened is read-only: it cannot clean up the trainer's in-flight temporary
+directories).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,12 @@ import ml_collections
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import models
+from seq2seq_jax import workdir as workdir_lib
+from seq2seq_jax.inference.ensemble import same_vocabulary
 from seq2seq_jax.ops import all_finite
-from seq2seq_jax.training import checkpoint as ckpt_lib
-from seq2seq_jax.training import experiment
 
 PyTree = Any
 CHECKPOINT_CHOICES = ("latest", "best", "averaged")
-METRICS_ITEM = "metrics"  # Orbax CheckpointManager's metrics item: <step>/metrics/metrics (JSON).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +54,6 @@ class RestoredModel:
     step_dir: Path
 
 
-def saved_metrics(step_dir: os.PathLike | str) -> dict[str, float] | None:
-    """The metrics saved with a checkpoint step (None if it has none)."""
-    path = Path(step_dir) / METRICS_ITEM / METRICS_ITEM
-    if not path.is_file():
-        return None
-    try:
-        return dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ckpt_lib.CheckpointError(f"corrupt checkpoint metrics {path}: {e}") from e
-
-
 def best_step(workdir: os.PathLike | str, metric: str, mode: str) -> int:
     """The complete step with the best finite `metric` (ties: the later step).
 
@@ -73,16 +61,13 @@ def best_step(workdir: os.PathLike | str, metric: str, mode: str) -> int:
       FileNotFoundError: no complete checkpoint in the workdir.
       ValueError: no checkpoint has a finite value of `metric`.
     """
-    location = ckpt_lib.resolve_checkpoint(workdir)  # Raises if there is none.
-    checkpoints_dir = location.step_dir.parent
-    steps = ckpt_lib.complete_steps(checkpoints_dir)
-    scored = [(ckpt_lib.metric_score(saved_metrics(checkpoints_dir / str(s)), metric, mode), s)
-              for s in steps]
-    scored = [(score, s) for score, s in scored if math.isfinite(score)]
-    if not scored:
+    checkpoints_dir = workdir_lib.resolve_checkpoint(workdir).step_dir.parent  # Raises if none.
+    step = workdir_lib.best_step(checkpoints_dir, metric, mode)
+    if step is None:
         raise ValueError(f"no checkpoint in {checkpoints_dir} has a value of {metric!r} "
-                         f"(steps: {steps}); use the latest or a step number instead")
-    return max(scored)[1]
+                         f"(steps: {workdir_lib.complete_steps(checkpoints_dir)}); use the "
+                         "latest or a step number instead")
+    return step
 
 
 def choose_step(workdir: Path, config: ml_collections.ConfigDict, checkpoint: str,
@@ -127,7 +112,7 @@ def _abstract_params(model: nn.Module) -> PyTree:
 
 
 def _locate(path: Path, config: ml_collections.ConfigDict, checkpoint: str, step: int | None,
-            average: int) -> tuple[ckpt_lib.CheckpointLocation, list[Path]]:
+            average: int) -> tuple[workdir_lib.CheckpointLocation, list[Path]]:
     """The checkpoint to restore and the step directories to average (empty: none)."""
     if average < 0:
         raise ValueError(f"--average_checkpoints must be >= 0, got {average}")
@@ -137,9 +122,9 @@ def _locate(path: Path, config: ml_collections.ConfigDict, checkpoint: str, step
     if checkpoint == "averaged":
         if step is not None:
             raise ValueError("give either --checkpoint=averaged or --checkpoint_step, not both")
-        return ckpt_lib.resolve_checkpoint(ckpt_lib.averaged_step_dir(path)), []
-    location = ckpt_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
-    return location, ckpt_lib.last_step_dirs(path, average) if average else []
+        return workdir_lib.resolve_checkpoint(workdir_lib.averaged_step_dir(path)), []
+    location = workdir_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
+    return location, workdir_lib.last_step_dirs(path, average) if average else []
 
 
 def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "latest",
@@ -168,16 +153,16 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
     path = Path(workdir).expanduser().absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"workdir does not exist: {path}")
-    config = experiment.load_config(path)
-    tokenizer_dir = path / ckpt_lib.TOKENIZER_DIRNAME
+    config = workdir_lib.load_config(path)
+    tokenizer_dir = path / workdir_lib.TOKENIZER_DIRNAME
     source_tok, target_tok = data_lib.load_tokenizers(str(tokenizer_dir))
     location, averaged = _locate(path, config, checkpoint, step, average)
     model_config, model = _build_model(config, source_tok, target_tok)
     if averaged:
-        params = ckpt_lib.average_params(averaged, _abstract_params(model))
-        location = ckpt_lib.resolve_checkpoint(averaged[-1])
+        params = workdir_lib.average_params(averaged, _abstract_params(model))
+        location = workdir_lib.resolve_checkpoint(averaged[-1])
     else:
-        params = ckpt_lib.restore_params(location.step_dir, _abstract_params(model))
+        params = workdir_lib.restore_params(location.step_dir, _abstract_params(model))
     if not bool(all_finite(params)):
         raise ValueError(f"checkpoint {location.step_dir} holds non-finite parameters (NaN or "
                          "Inf): the run diverged; decode an earlier step with --checkpoint_step")
@@ -186,3 +171,30 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
         model = models.build_model(model_config)
     return RestoredModel(config, model_config, model, params, source_tok, target_tok,
                          location.step, location.step_dir)
+
+
+def split_workdirs(workdir: str) -> list[str]:
+    """The workdirs of `--workdir=DIR` or of an ensemble `--workdir=DIR1,DIR2,...`."""
+    dirs = [d.strip() for d in str(workdir).split(",")]
+    if not all(dirs):
+        raise ValueError(f"--workdir={workdir}: an empty workdir in the comma-separated list")
+    return dirs
+
+
+def restore_ensemble(workdirs: Sequence[os.PathLike | str], **kwargs: Any) -> list[RestoredModel]:
+    """`restore_from_workdir` of each workdir (same `kwargs`), checked to form an ensemble: the
+    same target vocabulary (the searches average log-probabilities over it) and the same source
+    vocabulary (the members read the same source ids). Models of either family may be mixed.
+
+    Raises:
+      ValueError: naming both workdirs when their vocabularies differ; as `restore_from_workdir`.
+    """
+    restored = [restore_from_workdir(w, **kwargs) for w in workdirs]
+    first = restored[0]
+    for w, other in zip(workdirs[1:], restored[1:], strict=True):
+        for side in ("target", "source"):
+            if not same_vocabulary(getattr(first, f"{side}_tokenizer"),
+                                   getattr(other, f"{side}_tokenizer")):
+                raise ValueError(f"--workdir: {workdirs[0]} and {w} have different {side} "
+                                 "vocabularies; an ensemble's models must share them")
+    return restored

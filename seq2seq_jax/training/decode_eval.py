@@ -11,7 +11,6 @@ decodes the same examples (the subset is small) and process 0 scores and logs th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,54 +22,30 @@ from seq2seq_jax.inference.translate import BatchTranslator, SearchConfig
 PyTree = Any
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalDecoder:
-    """The decode-mode model and search of the task metric (`make_decode_fn`)."""
-
-    model: nn.Module
-    search: SearchConfig
-    bos_id: int
-    eos_id: int
-
-
-def make_decode_fn(
+def make_translator(
     model: nn.Module,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_decode_length: int,
-    beam_size: int = 1,
-    alpha: float = 0.6,
-) -> EvalDecoder:
-    """The decoder `decode_texts` runs: greedy, or beam search when `beam_size > 1`.
-
-    `max_decode_length` caps every output; each sentence's limit is also
-    `ceil(1.5 * source_length + 10)`, as in `python -m seq2seq_jax.decode`.
-    """
-    search = SearchConfig(beam_size=beam_size, alpha=alpha, max_length=max_decode_length)
-    return EvalDecoder(model, search.validate(), bos_id, eos_id)
-
-
-def decode_texts(
-    decode_fn: EvalDecoder,
-    params: PyTree,
-    sources: Sequence[str],
+    search: SearchConfig,
     *,
     source_tokenizer: Any,
     target_tokenizer: Any,
     max_source_length: int,
     batch_size: int,
-) -> list[str]:
-    """Detokenised outputs for `sources`, in order, through the decode CLI's batched path
-    (`seq2seq_jax.inference.translate.BatchTranslator`: bucketed, compiled once per bucket)."""
-    if (decode_fn.bos_id, decode_fn.eos_id) != (target_tokenizer.bos_id, target_tokenizer.eos_id):
-        raise ValueError(f"decoder BOS/EOS ids {(decode_fn.bos_id, decode_fn.eos_id)} differ "
-                         f"from the target tokenizer's "
-                         f"{(target_tokenizer.bos_id, target_tokenizer.eos_id)}")
-    translator = BatchTranslator(decode_fn.model, decode_fn.search,
-                                 source_tokenizer=source_tokenizer,
-                                 target_tokenizer=target_tokenizer,
-                                 max_source_length=max_source_length, batch_size=batch_size)
+) -> BatchTranslator:
+    """The task metric's translator, built once per training run: the decode CLI's batched path
+    (`seq2seq_jax.inference.translate.BatchTranslator`: bucketed, compiled once per bucket), so
+    a score logged during training is what the CLI reproduces from the checkpoint.
+
+    `search` is normally `SearchConfig.from_config(config)`: greedy or beam search as in
+    `config.eval`, each sentence's limit `ceil(length_ratio * source_length + length_offset)`
+    capped by `max_length`, as in `python -m seq2seq_jax.decode`.
+    """
+    return BatchTranslator(model, search.validate(), source_tokenizer=source_tokenizer,
+                           target_tokenizer=target_tokenizer,
+                           max_source_length=max_source_length, batch_size=batch_size)
+
+
+def decode_texts(translator: BatchTranslator, params: PyTree, sources: Sequence[str]) -> list[str]:
+    """Detokenised outputs for `sources`, in order."""
     return [t.text for t in translator.translate(params, sources)]
 
 

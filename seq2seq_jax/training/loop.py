@@ -26,13 +26,12 @@ import numpy as np
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import models
+from seq2seq_jax.decoding.options import SearchConfig
+from seq2seq_jax.inference.translate import BatchTranslator
 from seq2seq_jax.training import decode_eval, experiment, optim, parallel, steps, trainer
-from seq2seq_jax.training.metrics_writer import (
-    CURVES_FILENAME,
-    MetricsWriter,
-    plot_learning_curves,
-)
+from seq2seq_jax.training.metrics_writer import MetricsWriter, plot_learning_curves
 from seq2seq_jax.training.state import TrainState
+from seq2seq_jax.workdir.layout import CURVES_FILENAME, TOKENIZER_DIRNAME
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class Experiment:
     train_step: Any
     eval_step: Any
     train_iter: Any
-    decode_fn: Any
+    translator: BatchTranslator  # The task metric's, built once (decode_eval.make_translator).
     data_config: data_lib.DataConfig  # `config.data` parsed once (experiment.validate_config).
 
 
@@ -102,12 +101,12 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Ex
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
         row_multiple=jax.device_count())
     decode_model = models.build_model(model_config.replace(deterministic=True))
-    decode_fn = decode_eval.make_decode_fn(
-        decode_model, bos_id=target_tok.bos_id, eos_id=target_tok.eos_id,
-        max_decode_length=config.eval.max_decode_length or config.data.max_target_length,
-        beam_size=config.eval.beam_size, alpha=config.eval.alpha)
+    translator = decode_eval.make_translator(
+        decode_model, SearchConfig.from_config(config), source_tokenizer=source_tok,
+        target_tokenizer=target_tok, max_source_length=config.data.max_source_length,
+        batch_size=config.eval.decode_batch_size)
     return Experiment(config, workdir, source_tok, target_tok, model_config, model, schedule,
-                      state, placement, train_step, eval_step, train_iter, decode_fn,
+                      state, placement, train_step, eval_step, train_iter, translator,
                       data_config)
 
 
@@ -135,8 +134,8 @@ def _commit(exp: Experiment, staging: str) -> None:
     workdir: the first writes of a run, made once it is known to start (process 0)."""
     if jax.process_index() != 0:
         return
-    staged = Path(staging) / "tokenizer"
-    target = exp.workdir / "tokenizer"
+    staged = Path(staging) / TOKENIZER_DIRNAME
+    target = exp.workdir / TOKENIZER_DIRNAME
     if staged.is_dir() and not target.exists():
         tmp = exp.workdir / f".tokenizer.{os.getpid()}.tmp"
         shutil.copytree(staged, tmp)
@@ -199,10 +198,7 @@ def decode_and_score(exp: Experiment, params: Any, split: str, max_examples: int
     if c.eval.task_metric == "none":
         return {}, []
     pairs = data_lib.load_texts(exp.data_config, split, max_examples or None)
-    hyps = decode_eval.decode_texts(
-        exp.decode_fn, params, [s for s, _ in pairs], source_tokenizer=exp.source_tokenizer,
-        target_tokenizer=exp.target_tokenizer, max_source_length=c.data.max_source_length,
-        batch_size=c.eval.decode_batch_size)
+    hyps = decode_eval.decode_texts(exp.translator, params, [s for s, _ in pairs])
     refs = [t for _, t in pairs]
     scores = decode_eval.score(hyps, refs, c.eval.task_metric)
     examples = [(s, r, h) for (s, r), h in zip(pairs, hyps, strict=True)]
@@ -463,7 +459,7 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
             bar.update(1)
             stop = rules.budget_spent(time.perf_counter() - began)
             last = step == c.num_train_steps or stop
-            if (last or step % c.checkpoint_every_steps == 0  # The Checkpointer's cadence.
+            if (last or (ckpt is not None and ckpt.should_save(step))
                     or _is_due(step, c.eval_every_steps, c.num_train_steps)):
                 guard.flush()  # Nothing non-finite is saved or evaluated.
             if last or _is_due(step, c.log_every_steps, c.num_train_steps):
