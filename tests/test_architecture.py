@@ -114,3 +114,39 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     edges = package_edges()
     assert ("layers", "training") in edges and ("layers", "decoding") in edges
+
+
+SECTION = ("Args:", "Returns:", "Raises:", "Yields:", "Attributes:")
+
+
+def docstring_style_problems(path: Path) -> list[str]:
+    """Google-style sections whose first item is not indented 2 spaces under the header (the
+    package's one docstring style)."""
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)):
+            continue
+        doc = ast.get_docstring(node, clean=False)
+        if not doc:
+            continue
+        lines = doc.split("\n")
+        for i, line in enumerate(lines[:-1]):
+            if line.strip() in SECTION:
+                item = next((x for x in lines[i + 1:] if x.strip()), "")
+                header, indent = len(line) - len(line.lstrip()), len(item) - len(item.lstrip())
+                if indent > header and indent != header + 2:
+                    problems.append(f"{path.name}:{node.lineno} {line.strip()}")
+    return problems
+
+
+def test_one_docstring_style():
+    problems = [p for path in sorted(PACKAGE.rglob("*.py")) for p in
+                docstring_style_problems(path)]
+    assert not problems, f"sections not in the 2-space item style: {problems}"
+
+
+def test_the_docstring_checker_sees_the_other_style(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('def f(x):\n    """Doc.\n\n    Args:\n        x: four spaces.\n    """\n')
+    assert docstring_style_problems(bad) == ["bad.py:1 Args:"]

@@ -33,13 +33,13 @@ def with_eos(
     """Appends EOS and applies the length policy.
 
     Args:
-        ids: Token ids without EOS.
-        eos_id: The tokenizer's EOS id.
-        max_length: Maximum length with EOS.
-        truncate: Cut to `max_length - 1` ids plus EOS when too long; else return None.
+      ids: Token ids without EOS.
+      eos_id: The tokenizer's EOS id.
+      max_length: Maximum length with EOS.
+      truncate: Cut to `max_length - 1` ids plus EOS when too long; else return None.
 
     Returns:
-        (int32 array ending with EOS or None when dropped, whether it was too long).
+      (int32 array ending with EOS or None when dropped, whether it was too long).
     """
     too_long = len(ids) + 1 > max_length
     if too_long and not truncate:
@@ -58,14 +58,14 @@ def encode_pairs(
     """Tokenizes text pairs and applies the length policy.
 
     Args:
-        pairs: (source, target) texts.
-        source_tokenizer: Tokenizer of the source side (`encode_batch`, `eos_id`).
-        target_tokenizer: Tokenizer of the target side.
-        max_lengths: (max source length, max target length), EOS included.
-        truncate: Truncate over-long examples (else drop them).
+      pairs: (source, target) texts.
+      source_tokenizer: Tokenizer of the source side (`encode_batch`, `eos_id`).
+      target_tokenizer: Tokenizer of the target side.
+      max_lengths: (max source length, max target length), EOS included.
+      truncate: Truncate over-long examples (else drop them).
 
     Returns:
-        Per pair: (example or None when filtered, KEPT | TRUNCATED | FILTERED).
+      Per pair: (example or None when filtered, KEPT | TRUNCATED | FILTERED).
     """
     src_ids = source_tokenizer.encode_batch([s for s, _ in pairs])
     tgt_ids = target_tokenizer.encode_batch([t for _, t in pairs])
@@ -92,13 +92,13 @@ def assemble(rows: Sequence[Row], num_rows: int, lengths: tuple[int, int]) -> di
     """Builds the batch dict from rows of examples, padding with all-zero rows.
 
     Args:
-        rows: At most `num_rows` rows; each a list of examples laid out left to right.
-        num_rows: B, rows of the batch.
-        lengths: (S, T) padded lengths.
+      rows: At most `num_rows` rows; each a list of examples laid out left to right.
+      num_rows: B, rows of the batch.
+      lengths: (S, T) padded lengths.
 
     Returns:
-        The batch dict; segmentation is 1..n per row on real tokens (0 on padding) and
-        positions restart at 0 for every example.
+      The batch dict; segmentation is 1..n per row on real tokens (0 on padding) and
+      positions restart at 0 for every example.
     """
     if len(rows) > num_rows:
         raise ValueError(f"{len(rows)} rows do not fit in a batch of {num_rows}")
@@ -127,14 +127,14 @@ def bucket_groups(
     """Sorts a window of examples by bucket, cuts it into groups, shuffles the group order.
 
     Args:
-        examples: The window.
-        group_size: Examples per group (the global batch: rows x processes).
-        boundaries: (source boundaries, target boundaries).
-        rng: Orders the groups.
+      examples: The window.
+      group_size: Examples per group (the global batch: rows x processes).
+      boundaries: (source boundaries, target boundaries).
+      rng: Orders the groups.
 
     Returns:
-        Groups of `group_size` examples (the last may be smaller), each with its padded
-        (S, T): the smallest boundaries that hold every example of the group.
+      Groups of `group_size` examples (the last may be smaller), each with its padded
+      (S, T): the smallest boundaries that hold every example of the group.
     """
 
     def key(i: int) -> tuple[int, int, int]:
@@ -159,16 +159,16 @@ def token_budget_rows(
     """The fixed rows table of token-budget batches: one global rows value per length class.
 
     Args:
-        lengths: The ascending length classes L (padded lengths, EOS included).
-        tokens_per_batch: The global budget: rows x L <= tokens_per_batch.
-        max_rows: At most this many rows (`batch_size`).
-        multiple: Rows are a multiple of this (the data-parallel device count).
+      lengths: The ascending length classes L (padded lengths, EOS included).
+      tokens_per_batch: The global budget: rows x L <= tokens_per_batch.
+      max_rows: At most this many rows (`batch_size`).
+      multiple: Rows are a multiple of this (the data-parallel device count).
 
     Returns:
-        {L: rows}, each rows the largest multiple of `multiple` <= min(max_rows, budget // L).
+      {L: rows}, each rows the largest multiple of `multiple` <= min(max_rows, budget // L).
 
     Raises:
-        ValueError: the budget holds fewer than `multiple` rows of some length class.
+      ValueError: the budget holds fewer than `multiple` rows of some length class.
     """
     table = {}
     for length in lengths:
@@ -203,14 +203,14 @@ def token_budget_groups(
     only the last batch of the window has empty rows. The batch order is shuffled with `rng`.
 
     Args:
-        examples: The window.
-        rows_by_length: `token_budget_rows(...)`: {L: global rows}.
-        max_lengths: (max source length, max target length).
-        rng: Orders the batches.
-        padding: 'class' or 'side' (above).
+      examples: The window.
+      rows_by_length: `token_budget_rows(...)`: {L: global rows}.
+      max_lengths: (max source length, max target length).
+      rng: Orders the batches.
+      padding: 'class' or 'side' (above).
 
     Returns:
-        (examples, (S, T), global rows) per batch; len(examples) <= rows.
+      (examples, (S, T), global rows) per batch; len(examples) <= rows.
     """
     classes = sorted(rows_by_length)
 

@@ -33,8 +33,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     """Returns the data config with every key the pipeline reads, at its default value.
 
     Returns:
-        A `ConfigDict`; optional values are typed placeholders (None until set) so that they can
-        be overridden on the command line (`--config.data.train_source=...`).
+      A `ConfigDict`; optional values are typed placeholders (None until set) so that they can
+      be overridden on the command line (`--config.data.train_source=...`).
     """
     str_or_none = lambda: config_dict.placeholder(str)
     c = ml_collections.ConfigDict()
@@ -142,16 +142,16 @@ def multi30k_data_config(
     """Returns a data config reading Multi30k task 1 through 'parallel_text' with SentencePiece.
 
     Args:
-        data_dir: Folder holding `{train,val}.{en,de,fr}.gz` (the public repository
-            multi30k/dataset, data/task1/raw); None: `default_multi30k_dir()`.
-        source_lang: One of 'en', 'de', 'fr'.
-        target_lang: One of 'en', 'de', 'fr', different from `source_lang`.
-        tokens_per_batch: Global token budget of a batch (0: fixed rows).
+      data_dir: Folder holding `{train,val}.{en,de,fr}.gz` (the public repository
+          multi30k/dataset, data/task1/raw); None: `default_multi30k_dir()`.
+      source_lang: One of 'en', 'de', 'fr'.
+      target_lang: One of 'en', 'de', 'fr', different from `source_lang`.
+      tokens_per_batch: Global token budget of a batch (0: fixed rows).
 
     Returns:
-        `default_data_config()` with the Multi30k train and validation files set (there is no
-        test split), a joint 8000-piece SentencePiece vocabulary, lengths 64, and length-bucketed
-        token-budget batches (`MULTI30K_BOUNDARIES`, windows of 64 batches).
+      `default_data_config()` with the Multi30k train and validation files set (there is no
+      test split), a joint 8000-piece SentencePiece vocabulary, lengths 64, and length-bucketed
+      token-budget batches (`MULTI30K_BOUNDARIES`, windows of 64 batches).
     """
     for lang in (source_lang, target_lang):
         if lang not in MULTI30K_LANGUAGES:
@@ -281,8 +281,8 @@ class DataConfig:
         """Parses and checks `config.data` (missing keys take their defaults).
 
         Raises:
-            ValueError: one line naming the unknown key (listing the known ones), the unknown
-                name (listing the known names) or the key with an invalid value.
+          ValueError: one line naming the unknown key (listing the known ones), the unknown
+              name (listing the known names) or the key with an invalid value.
         """
         defaults = default_data_config()
         known_keys = set(defaults.keys())
@@ -365,12 +365,12 @@ class DataConfig:
         """Returns the ascending padded lengths allowed on a side whose maximum is `max_length`.
 
         Args:
-            max_length: The side's maximum length; it is always the last boundary.
+          max_length: The side's maximum length; it is always the last boundary.
 
         Returns:
-            Strictly increasing lengths, all <= `max_length`, the last one equal to it: the
-            given `bucket_boundaries` below it, or automatic ones (8, 16, 32, ...; with
-            `tokens_per_batch` four per octave: 8, 10, 12, 14, 16, 20, ...).
+          Strictly increasing lengths, all <= `max_length`, the last one equal to it: the
+          given `bucket_boundaries` below it, or automatic ones (8, 16, 32, ...; with
+          `tokens_per_batch` four per octave: 8, 10, 12, 14, 16, 20, ...).
         """
         given = list(self.bucket_boundaries)
         if not given:
@@ -417,14 +417,14 @@ def validate_data_config(config: AnyDataConfig) -> DataConfig:
     """Checks keys, names and values of a data config, once, and returns it parsed.
 
     Args:
-        config: A data config (normally `config.data`).
+      config: A data config (normally `config.data`).
 
     Returns:
-        The `DataConfig` to pass to the pipeline, so that nothing checks it again.
+      The `DataConfig` to pass to the pipeline, so that nothing checks it again.
 
     Raises:
-        ValueError: naming the unknown key (and listing the known ones), the unknown name
-            (listing the known names) or the invalid value.
+      ValueError: naming the unknown key (and listing the known ones), the unknown name
+          (listing the known names) or the invalid value.
     """
     return parse(config)
 

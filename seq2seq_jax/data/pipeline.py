@@ -177,26 +177,26 @@ def make_train_iterator(
     """Returns the deterministic, checkpointable iterator of train batches of this host.
 
     Args:
-        data_config: `config.data`: a `DataConfig`, or a `ConfigDict` parsed here.
-        source_tokenizer: Tokenizer of the source side.
-        target_tokenizer: Tokenizer of the target side.
-        batch_size: Rows of every batch on this host (B); with `data.tokens_per_batch`, the
-            most rows a batch may have.
-        seed: Shuffle seed (`data_config.shuffle_seed` overrides it when set).
-        process_index: This host's index (`jax.process_index()`).
-        process_count: Number of hosts (`jax.process_count()`).
-        num_epochs: None repeats forever; else stops after that many passes (the last batch
-            padded with all-zero rows).
-        row_multiple: With token budgets, global rows are a multiple of this (the
-            data-parallel device count).
+      data_config: `config.data`: a `DataConfig`, or a `ConfigDict` parsed here.
+      source_tokenizer: Tokenizer of the source side.
+      target_tokenizer: Tokenizer of the target side.
+      batch_size: Rows of every batch on this host (B); with `data.tokens_per_batch`, the
+          most rows a batch may have.
+      seed: Shuffle seed (`data_config.shuffle_seed` overrides it when set).
+      process_index: This host's index (`jax.process_index()`).
+      process_count: Number of hosts (`jax.process_count()`).
+      num_epochs: None repeats forever; else stops after that many passes (the last batch
+          padded with all-zero rows).
+      row_multiple: With token budgets, global rows are a multiple of this (the
+          data-parallel device count).
 
     Returns:
-        A `grain.DatasetIterator` of batch dicts (int32 numpy, B rows); `get_state()` /
-        `set_state()`, and `grain.checkpoint.CheckpointSave/CheckpointRestore` inside an Orbax
-        `CheckpointManager`, resume it exactly.
+      A `grain.DatasetIterator` of batch dicts (int32 numpy, B rows); `get_state()` /
+      `set_state()`, and `grain.checkpoint.CheckpointSave/CheckpointRestore` inside an Orbax
+      `CheckpointManager`, resume it exactly.
 
     Raises:
-        ValueError: the split has fewer examples than one global batch; bad config values.
+      ValueError: the split has fewer examples than one global batch; bad config values.
     """
     dataset = make_train_dataset(
         data_config,
@@ -252,19 +252,19 @@ def make_eval_batches(
     """Returns the finite batches of a split (each example once, in `load_texts` order).
 
     Args:
-        data_config: `config.data`, a `DataConfig` or a `ConfigDict` parsed here ('pad' pads
-            to the max lengths; 'bucket' and 'pack' pad each batch to the next bucket
-            boundary; no packing).
-        source_tokenizer: Tokenizer of the source side.
-        target_tokenizer: Tokenizer of the target side.
-        split: TFDS split string, e.g. 'validation'.
-        batch_size: Rows per batch on this host (B).
-        process_index: This host's index.
-        process_count: Number of hosts.
-        max_examples: Use only the first this many examples.
+      data_config: `config.data`, a `DataConfig` or a `ConfigDict` parsed here ('pad' pads
+          to the max lengths; 'bucket' and 'pack' pad each batch to the next bucket
+          boundary; no packing).
+      source_tokenizer: Tokenizer of the source side.
+      target_tokenizer: Tokenizer of the target side.
+      split: TFDS split string, e.g. 'validation'.
+      batch_size: Rows per batch on this host (B).
+      process_index: This host's index.
+      process_count: Number of hosts.
+      max_examples: Use only the first this many examples.
 
     Returns:
-        An `EvalBatches` (re-iterable; `len()` = number of batches).
+      An `EvalBatches` (re-iterable; `len()` = number of batches).
     """
     data_config = config_lib.parse(data_config)
     pairs = sources.load_texts(data_config, split, max_examples)

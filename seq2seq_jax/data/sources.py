@@ -143,8 +143,8 @@ def get_builder(
     process; a changed option yields a new builder config, hence new data.
 
     Raises:
-        ValueError: unknown dataset name (the message lists the known ones), bad options.
-        FileNotFoundError: a parallel text file, or an unprepared registry dataset.
+      ValueError: unknown dataset name (the message lists the known ones), bad options.
+      FileNotFoundError: a parallel text file, or an unprepared registry dataset.
     """
     data_config = config_lib.parse(data_config)  # Names and options checked there.
     key, factory = _BUILDERS[data_config.name](data_config)
@@ -198,7 +198,7 @@ def open_split(data_config: config_lib.AnyDataConfig, split: str) -> TextPairSou
     """Opens one split (a TFDS split string, e.g. 'train' or 'validation[:100]').
 
     Raises:
-        ValueError: the split does not exist (the message lists the ones that do) or is empty.
+      ValueError: the split does not exist (the message lists the ones that do) or is empty.
     """
     data_config = config_lib.parse(data_config)
     builder, source_key, target_key = get_builder(data_config)
@@ -225,12 +225,12 @@ def load_texts(
     """Returns the raw (source, target) texts of a split, in stored order (= eval batch order).
 
     Args:
-        data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
-        split: TFDS split string.
-        max_examples: Keep only the first this many.
+      data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
+      split: TFDS split string.
+      max_examples: Keep only the first this many.
 
     Returns:
-        List of (source, target) strings.
+      List of (source, target) strings.
     """
     source = open_split(data_config, split)
     n = len(source) if max_examples is None else min(max_examples, len(source))

@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from seq2seq_jax.data import config as config_lib
 from seq2seq_jax.data import sources
+from seq2seq_jax.workdir.layout import TOKENIZER_DIRNAME
 
 log = logging.getLogger(__name__)
 _META_FILE = "tokenizer.json"
@@ -77,8 +78,8 @@ class CharTokenizer:
         """Builds the tokenizer.
 
         Args:
-            chars: The vocabulary characters, distinct, in id order (from id 4 on).
-            options: Training options recorded in `tokenizer.json`.
+          chars: The vocabulary characters, distinct, in id order (from id 4 on).
+          options: Training options recorded in `tokenizer.json`.
         """
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise ValueError("CharTokenizer chars must be distinct single characters")
@@ -153,16 +154,16 @@ class SentencePieceTokenizer:
         """Trains a SentencePiece model on `texts` (a soft vocabulary limit on tiny corpora).
 
         Args:
-            texts: Training sentences.
-            vocab_size: Wanted vocabulary size (specials included).
-            model_type: 'unigram' or 'bpe'.
-            character_coverage: Fraction of characters the vocabulary covers.
-            max_sentences: At most this many sentences are sampled.
-            normalization: SentencePiece normalisation rule name.
-            seed: Seed of SentencePiece's sampling.
+          texts: Training sentences.
+          vocab_size: Wanted vocabulary size (specials included).
+          model_type: 'unigram' or 'bpe'.
+          character_coverage: Fraction of characters the vocabulary covers.
+          max_sentences: At most this many sentences are sampled.
+          normalization: SentencePiece normalisation rule name.
+          seed: Seed of SentencePiece's sampling.
 
         Returns:
-            The trained tokenizer.
+          The trained tokenizer.
         """
         options = {"vocab_size": vocab_size, "model_type": model_type}
         writer = io.BytesIO()
@@ -223,8 +224,8 @@ def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer:
     """Loads a tokenizer saved with `save(directory)`.
 
     Raises:
-        FileNotFoundError: `directory/tokenizer.json` does not exist.
-        ValueError: unknown tokenizer kind.
+      FileNotFoundError: `directory/tokenizer.json` does not exist.
+      ValueError: unknown tokenizer kind.
     """
     meta_path = os.path.join(directory, _META_FILE)
     if not os.path.isfile(meta_path):
@@ -249,7 +250,7 @@ def load_tokenizers(directory: str) -> tuple[Tokenizer, Tokenizer]:
     live in `directory/source` and `directory/target`.
 
     Raises:
-        FileNotFoundError: neither layout is present.
+      FileNotFoundError: neither layout is present.
     """
     if os.path.isfile(os.path.join(directory, _META_FILE)):
         tok = load_tokenizer(directory)
@@ -268,9 +269,9 @@ def save_tokenizers(source: Tokenizer, target: Tokenizer, directory: str) -> Non
     """Saves a tokenizer pair atomically (a concurrent writer's copy is kept if it won).
 
     Args:
-        source: Source tokenizer.
-        target: Target tokenizer; the same object as `source` for a joint vocabulary.
-        directory: Destination, e.g. `WORKDIR/tokenizer`; must not exist yet.
+      source: Source tokenizer.
+      target: Target tokenizer; the same object as `source` for a joint vocabulary.
+      directory: Destination, e.g. `WORKDIR/tokenizer`; must not exist yet.
     """
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
@@ -318,11 +319,11 @@ def train_tokenizers(
     """Trains the (source, target) tokenizers `data_config` asks for on text pairs.
 
     Args:
-        data_config: `config.data` (tokenizer, vocab_size, spm_*, joint_vocab).
-        pairs: Training (source, target) texts.
+      data_config: `config.data` (tokenizer, vocab_size, spm_*, joint_vocab).
+      pairs: Training (source, target) texts.
 
     Returns:
-        (source, target); the same object twice when `joint_vocab`.
+      (source, target); the same object twice when `joint_vocab`.
     """
     if data_config.joint_vocab:
         tok = _train_one(data_config, [t for pair in pairs for t in pair])
@@ -366,20 +367,20 @@ def get_tokenizers(
     atomic, so concurrent first calls cannot corrupt the files, but would train twice).
 
     Args:
-        data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
-        workdir: The experiment directory.
-        staging_dir: If given, a tokenizer that is not in the workdir yet is saved to
-            `staging_dir/tokenizer` instead (the caller moves it into the workdir once the run
-            is known to start: `save_tokenizers` or a copy of that directory).
+      data_config: `config.data` (a `DataConfig`, or a `ConfigDict` parsed here).
+      workdir: The experiment directory.
+      staging_dir: If given, a tokenizer that is not in the workdir yet is saved to
+          `staging_dir/tokenizer` instead (the caller moves it into the workdir once the run
+          is known to start: `save_tokenizers` or a copy of that directory).
 
     Returns:
-        (source_tokenizer, target_tokenizer); the same object twice for a joint vocabulary.
+      (source_tokenizer, target_tokenizer); the same object twice for a joint vocabulary.
 
     Raises:
-        ValueError: the stored tokenizer was trained with other options than the config's.
+      ValueError: the stored tokenizer was trained with other options than the config's.
     """
     data_config = config_lib.parse(data_config)
-    directory = os.path.join(workdir, "tokenizer")
+    directory = os.path.join(workdir, TOKENIZER_DIRNAME)
     if os.path.isdir(directory):
         pair = load_tokenizers(directory)
         saved, wanted = _saved_options(*pair), _options(data_config)
@@ -397,6 +398,6 @@ def get_tokenizers(
         log.info("Training %s tokenizer(s) on %d pairs", data_config.tokenizer, len(pairs))
         pair = train_tokenizers(data_config, pairs)
     if staging_dir is not None:
-        directory = os.path.join(staging_dir, "tokenizer")
+        directory = os.path.join(staging_dir, TOKENIZER_DIRNAME)
     save_tokenizers(*pair, directory)
     return load_tokenizers(directory)

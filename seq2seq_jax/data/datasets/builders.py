@@ -52,15 +52,15 @@ def generated_config(
     """Builds the `GeneratedConfig` whose name encodes every option of `task`.
 
     Args:
-        task: One of `GENERATED_TASKS`.
-        sizes: Examples per split name.
-        seed: Generator seed.
-        languages: Date languages ('dates' only).
-        max_digits: Operand digits ('addition' only).
-        max_length: String length ('reverse' only).
+      task: One of `GENERATED_TASKS`.
+      sizes: Examples per split name.
+      seed: Generator seed.
+      languages: Date languages ('dates' only).
+      max_digits: Operand digits ('addition' only).
+      max_length: String length ('reverse' only).
 
     Returns:
-        The config, named e.g. `dates-n20000.1000.1000-s0-en.fr`.
+      The config, named e.g. `dates-n20000.1000.1000-s0-en.fr`.
     """
     if task not in GENERATED_TASKS:
         raise ValueError(f"Unknown generated task {task!r}; known: {list(GENERATED_TASKS)}")
@@ -141,14 +141,14 @@ def parallel_text_config(split_files: dict[str, tuple[str, str, str]]) -> Parall
     """Builds the config of the user's files; its name hashes paths, sizes and mtimes.
 
     Args:
-        split_files: Split name -> ("files", source, target) or ("tsv", path, "").
+      split_files: Split name -> ("files", source, target) or ("tsv", path, "").
 
     Returns:
-        A `ParallelTextConfig` named `files-<hash>`.
+      A `ParallelTextConfig` named `files-<hash>`.
 
     Raises:
-        FileNotFoundError: a file does not exist.
-        ValueError: no split is given.
+      FileNotFoundError: a file does not exist.
+      ValueError: no split is given.
     """
     if not split_files:
         raise ValueError(

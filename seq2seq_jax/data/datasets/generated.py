@@ -138,12 +138,12 @@ def date_example(rng: np.random.Generator, languages: Sequence[str]) -> tuple[st
     """Draws one (human date, ISO date) pair.
 
     Args:
-        rng: The random generator (advanced by this call).
-        languages: Languages of the named formats; numeric formats are always included, as one
-            more group drawn as often as each language.
+      rng: The random generator (advanced by this call).
+      languages: Languages of the named formats; numeric formats are always included, as one
+          more group drawn as often as each language.
 
     Returns:
-        (source, target), e.g. ("Saturday 9 May 2018", "2018-05-09").
+      (source, target), e.g. ("Saturday 9 May 2018", "2018-05-09").
     """
     span = (DATE_MAX - DATE_MIN).days + 1
     date = DATE_MIN + datetime.timedelta(days=int(rng.integers(span)))
@@ -181,15 +181,15 @@ def generate_splits(
     (seed, split), so the evaluation splits do not change when only the train size changes.
 
     Args:
-        draw: Draws one (source, target) pair from a generator.
-        sizes: Examples per split name.
-        seed: The dataset seed.
+      draw: Draws one (source, target) pair from a generator.
+      sizes: Examples per split name.
+      seed: The dataset seed.
 
     Returns:
-        Split name -> list of (source, target).
+      Split name -> list of (source, target).
 
     Raises:
-        ValueError: when the generator cannot produce that many distinct examples.
+      ValueError: when the generator cannot produce that many distinct examples.
     """
     order = sorted(sizes, key=lambda s: ("validation", "test", "train").index(s))
     seen: set[str] = set()

@@ -25,14 +25,14 @@ def read_lines(path: str) -> Iterator[str]:
     """Yields the lines of a UTF-8 text file (gzip-compressed or not), without line ends.
 
     Args:
-        path: The file.
+      path: The file.
 
     Yields:
-        Each line with its trailing "\\n" / "\\r\\n" removed.
+      Each line with its trailing "\\n" / "\\r\\n" removed.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a line is not valid UTF-8 (the message names the file and line number).
+      FileNotFoundError: the file does not exist.
+      ValueError: a line is not valid UTF-8 (the message names the file and line number).
     """
     with _open_binary(path) as f:
         for number, raw in enumerate(f, start=1):
@@ -47,16 +47,16 @@ def read_parallel_files(source_path: str, target_path: str) -> list[tuple[str, s
     """Reads two line-aligned files into (source, target) pairs.
 
     Args:
-        source_path: One source sentence a line.
-        target_path: One target sentence a line, aligned with `source_path`.
+      source_path: One source sentence a line.
+      target_path: One target sentence a line, aligned with `source_path`.
 
     Returns:
-        The pairs in file order.
+      The pairs in file order.
 
     Raises:
-        FileNotFoundError: a file does not exist.
-        ValueError: a file is empty, a line is not UTF-8, or the line counts differ (the
-            message names both files and both counts).
+      FileNotFoundError: a file does not exist.
+      ValueError: a file is empty, a line is not UTF-8, or the line counts differ (the
+          message names both files and both counts).
     """
     sources = list(read_lines(source_path))
     targets = list(read_lines(target_path))
@@ -74,14 +74,14 @@ def read_tsv(path: str) -> list[tuple[str, str]]:
     """Reads a `source<TAB>target` file into pairs.
 
     Args:
-        path: The TSV file (plain or gzip).
+      path: The TSV file (plain or gzip).
 
     Returns:
-        The pairs in file order.
+      The pairs in file order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, or a line is not UTF-8 or has not exactly two fields.
+      FileNotFoundError: the file does not exist.
+      ValueError: the file is empty, or a line is not UTF-8 or has not exactly two fields.
     """
     pairs = []
     for number, line in enumerate(read_lines(path), start=1):
