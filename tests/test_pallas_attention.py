@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from seq2seq_jax import AdditiveAttention, masks
+from seq2seq_jax.layers import attention as attention_lib
 from seq2seq_jax.layers import pallas_attention as pa
 from seq2seq_jax.layers.attention import _additive_scores, masked_softmax
 
@@ -172,7 +173,7 @@ def test_triton_lowering_of_forward_and_backward():
 
 def test_choice_and_errors():
     attn = AdditiveAttention(attention_dim=16, num_heads=2)
-    expected_auto = jax.default_backend() == "gpu"
+    expected_auto = attention_lib.PALLAS_AUTO_VERIFIED and jax.default_backend() == "gpu"
     assert attn._use_pallas(steps=5, value_width=16) is expected_auto
     assert not attn._use_pallas(steps=1, value_width=16)  # one step: the one-step path
     assert not attn.clone(implementation="chunked")._use_pallas(steps=5, value_width=16)
@@ -188,3 +189,19 @@ def test_choice_and_errors():
     qp, kp, v, mask4, values = _kernel_inputs()
     with pytest.raises(ValueError, match=r"kp \(2, 36, 2, 24\)"):
         pa.fused_additive_attention(qp, kp[:, 1:], v, mask4, values)
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cpu", "tpu"])
+def test_auto_picks_pallas_only_on_gpu_and_only_once_verified(monkeypatch, backend):
+    """Until a GPU run validates the kernels "pallas" is opt-in; then "auto" picks it on GPU."""
+    monkeypatch.setattr(attention_lib.jax, "default_backend", lambda: backend)
+    attn = AdditiveAttention(attention_dim=16, num_heads=2)
+    fused = attn.clone(implementation="pallas")
+    monkeypatch.setattr(attention_lib, "PALLAS_AUTO_VERIFIED", False)
+    assert not attn._use_pallas(steps=5, value_width=16)
+    assert fused._use_pallas(steps=5, value_width=16)  # opt-in works unverified
+    monkeypatch.setattr(attention_lib, "PALLAS_AUTO_VERIFIED", True)
+    assert attn._use_pallas(steps=5, value_width=16) is (backend == "gpu")
+    assert not attn._use_pallas(steps=1, value_width=16)  # one step: the one-step path
+    assert not attn._use_pallas(steps=5, value_width=2048)  # 1024 per head: falls back
+    assert not attn.clone(implementation="chunked")._use_pallas(steps=5, value_width=16)

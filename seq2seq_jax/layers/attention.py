@@ -145,10 +145,12 @@ class AdditiveAttention(nn.Module):
         backward pass (same outputs and gradients, a fraction of the memory); "pallas" runs
         the fused kernels of `seq2seq_jax.layers.pallas_attention` (online softmax, tanh
         recomputed tile by tile in the backward pass; Triton on GPU, Pallas' interpreter on
-        CPU, which is slow and meant for tests); "auto" (default) picks "pallas" on GPU for
-        parallel queries whose shapes the kernels take, else chunks when that tensor would
-        exceed 2^26 elements (2^22 on CPU, where the chunked form is also faster: its chunks
-        stay in cache). A single-step query always takes the one-step path.
+        CPU, which is slow and meant for tests); "auto" (default) chunks when that tensor
+        would exceed 2^26 elements (2^22 on CPU, where the chunked form is also faster: its
+        chunks stay in cache), else stays naive. Once the kernels are validated on a GPU
+        (`PALLAS_AUTO_VERIFIED`), "auto" picks "pallas" on GPU for parallel queries whose
+        shapes the kernels take; until then "pallas" is opt-in. A single-step query always
+        takes the one-step path.
       chunk_size: T-chunk of the chunked form; 0 picks one (~2^22 tanh elements per chunk,
         2^19 on CPU).
     """
@@ -236,7 +238,7 @@ class AdditiveAttention(nn.Module):
             if reason:
                 raise ValueError(f"AdditiveAttention(implementation='pallas'): {reason}")
             return True
-        return reason is None and jax.default_backend() == "gpu"
+        return reason is None and PALLAS_AUTO_VERIFIED and jax.default_backend() == "gpu"
 
     def __call__(
         self,
@@ -278,6 +280,11 @@ class AdditiveAttention(nn.Module):
 
 
 IMPLEMENTATIONS = ("auto", "naive", "chunked", "pallas")
+
+# Whether "auto" may pick the fused Pallas kernels on GPU. False until a GPU run has compiled
+# and checked them (`bash benchmarks/gpu_check.sh` records "pallas/gpu_verified" in its JSON
+# lines): until then "pallas" is opt-in only. Flip to True once a GPU run validates them.
+PALLAS_AUTO_VERIFIED = False
 
 # Above this many elements of the [B, T, S, A] tanh tensor (256 MiB in float32), "auto" chunks,
 # aiming at this many elements per chunk (16 MiB).
