@@ -121,8 +121,27 @@ PREEMPTION_SCRIPT = textwrap.dedent(
             if preemption.requested(sync_point=step % 3 == 0):
                 seen = step
                 break
+    # The time budget: process 0 decides (its clock says spent from step 2 on, process 1's
+    # never), broadcast at sync points only.
+    broadcasts = []
+    real_broadcast = multihost_utils.broadcast_one_to_all
+    def counted_broadcast(*args, **kwargs):
+        broadcasts.append(1)
+        return real_broadcast(*args, **kwargs)
+    multihost_utils.broadcast_one_to_all = counted_broadcast
+    from seq2seq_jax.training import experiment
+    config = experiment.base_config()
+    config.max_train_minutes = 1.0
+    rules = loop.StopRules(config, [])
+    budget_step = None
+    for step in range(1, 10):
+        seconds = 120.0 if process_id == 0 and step >= 2 else 0.0
+        if rules.budget_spent(seconds, sync_point=step % 3 == 0):
+            budget_step = step
+            break
     with open(f"{out}.{process_id}", "w") as f:
-        json.dump({"step": seen, "gathers": len(gathers)}, f)
+        json.dump({"step": seen, "gathers": len(gathers), "budget_step": budget_step,
+                   "broadcasts": len(broadcasts)}, f)
     """
 )
 
@@ -130,7 +149,8 @@ PREEMPTION_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_sigterm_of_one_process_stops_both_at_the_next_sync_point(tmp_path):
     """The SIGTERM flag is all-gathered at sync points only (steps 3 and 6 here, not at every
-    step), and both processes stop at the same step, the first sync point after the signal."""
+    step), and both processes stop at the same step, the first sync point after the signal;
+    likewise the time budget (process 0's clock decides, broadcast at sync points only)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -142,7 +162,8 @@ def test_sigterm_of_one_process_stops_both_at_the_next_sync_point(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     for i in range(2):
-        assert json.loads(Path(f"{out}.{i}").read_text()) == {"step": 6, "gathers": 2}
+        assert json.loads(Path(f"{out}.{i}").read_text()) == {
+            "step": 6, "gathers": 2, "budget_step": 3, "broadcasts": 1}
 
 
 def test_sigterm_in_one_process_is_seen_at_the_next_step():

@@ -358,13 +358,17 @@ class StopRules:
         else:
             self.since_best += 1
 
-    def budget_spent(self, seconds: float) -> bool:
+    def budget_spent(self, seconds: float, *, sync_point: bool = True) -> bool:
         """Whether `seconds` of training in this run spend the budget (process 0 decides: the
-        clocks of hosts differ)."""
+        clocks of hosts differ). Several processes decide only at a `sync_point` (a step at
+        which every process calls this with True: the broadcast is a collective), so the
+        budget costs no collective at the other steps; one process decides at every step."""
         if not self.budget_seconds:
             return False
         spent = self.previous_seconds + seconds >= self.budget_seconds
         if jax.process_count() > 1:
+            if not sync_point:
+                return False
             from jax.experimental import multihost_utils
             spent = bool(multihost_utils.broadcast_one_to_all(np.asarray(spent, np.int32)))
         return spent
@@ -457,12 +461,17 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
             pending.append(metrics)
             guard.add(step, metrics)
             bar.update(1)
-            stop = rules.budget_spent(time.perf_counter() - began)
+            at_save = ckpt is not None and ckpt.should_save(step)
+            at_log = _is_due(step, c.log_every_steps, c.num_train_steps)
+            at_eval = _is_due(step, c.eval_every_steps, c.num_train_steps)
+            # Steps at which all processes meet (the same on every host): the multi-host
+            # decisions (time budget, SIGTERM) are all-gathered there only.
+            sync_point = step == c.num_train_steps or at_save or at_log or at_eval
+            stop = rules.budget_spent(time.perf_counter() - began, sync_point=sync_point)
             last = step == c.num_train_steps or stop
-            if (last or (ckpt is not None and ckpt.should_save(step))
-                    or _is_due(step, c.eval_every_steps, c.num_train_steps)):
+            if last or at_save or at_eval:
                 guard.flush()  # Nothing non-finite is saved or evaluated.
-            if last or _is_due(step, c.log_every_steps, c.num_train_steps):
+            if last or at_log:
                 guard.flush()
                 window = None
                 for m in pending:
@@ -476,7 +485,7 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                                 tok_s=f"{summary['train_tokens_per_second']:.0f}")
                 pending, tick = [], time.perf_counter()
             eval_metrics = None
-            if last or _is_due(step, c.eval_every_steps, c.num_train_steps):
+            if last or at_eval:
                 started = time.perf_counter()
                 eval_metrics = _run_eval(exp, state, step, writer)
                 rules.update(eval_metrics)
@@ -486,10 +495,7 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                     log.info("step %d | early stopping: %d evaluations without a new best %s",
                              step, rules.since_best, rules.metric)
                     stop = True
-            if preemption.requested(sync_point=(
-                    last or step % c.checkpoint_every_steps == 0
-                    or _is_due(step, c.log_every_steps, c.num_train_steps)
-                    or _is_due(step, c.eval_every_steps, c.num_train_steps))):
+            if preemption.requested(sync_point=sync_point or last):
                 guard.flush()
                 _save(ckpt, exp, step, state, eval_metrics, force=True)
                 return state, step, True
