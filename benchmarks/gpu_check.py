@@ -1,8 +1,27 @@
-"""The fused Pallas additive attention on a GPU: agreement, speed and memory vs XLA.
+"""The GPU check's figures (issue 16): environment, benchmark harness, Pallas kernel, verdict.
 
-Run by `benchmarks/gpu_check.sh` (which says how to run it on the device machine):
+Run by `benchmarks/gpu_check.sh` (which says how to run it on the device machine); every
+subcommand appends JSON lines to `--out` (the script's one `gpu_check.jsonl`):
 
-    python -m benchmarks.gpu_check bench [--smoke] [--out FILE]   # all figures, JSON lines
+    python -m benchmarks.gpu_check env [--smoke] [--out FILE]       # versions, device, peers
+    python -m benchmarks.gpu_check harness [--smoke] [--out FILE]   # the benchmark harness
+    python -m benchmarks.gpu_check bench [--smoke] [--out FILE]     # the Pallas kernel
+    python -m benchmarks.gpu_check verdict --junit X --rc N [--out FILE]  # kernel on the GPU?
+    python -m benchmarks.gpu_check workdir --workdir D --inputs F --outputs F [--out FILE]
+
+`harness` is the project's benchmark harness (`benchmarks.matmul_peak`, `train_bench`,
+`decode_bench`, `peer`; the same code as `python -m benchmarks.run`) at the issue's sizes
+(`benchmarks.settings.FULL`; `--smoke`: `TINY`): the bf16 matmul rate first (the MFU
+denominator, `fraction_of_matmul_peak` with `peak_dtype`), then train tokens/s, step time,
+model FLOP/s, MFU and compile time of RNNsearch, the Transformer-additive and (last) the
+Transformer with dot-product cross-attention, float32 and bfloat16 (names `*_bf16`); greedy and
+beam-5 sentences/s of RNNsearch and the Transformer-additive, float32 and bfloat16; and the
+PyTorch peers (`--peer-dir`, default `benchmarks/peers`) on the same device in the same run
+(`--peer-device`, default cuda on a GPU), so each of those figures has its `peer_value` and
+`ratio`. The peers run in float32 (TF32 matmuls on a GPU, as JAX's default precision there):
+our bfloat16 figures are compared with them and say so (`peer_dtype`).
+
+`bench` (below) is the fused Pallas additive attention against XLA:
 
 `bench` measures one AdditiveAttention call, forward + backward (loss = sum of squares of the
 context plus a term in the weights; gradients w.r.t. parameters, queries and keys), at the
@@ -26,20 +45,44 @@ its traceback on stderr, and the other parts still run; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 import traceback
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import decode_bench, matmul_peak, train_bench
+from benchmarks import peer as peer_lib
+from benchmarks.settings import PRESETS
 from benchmarks.timing import median, time_calls
+from seq2seq_jax.layers import attention as attention_lib
 from seq2seq_jax.layers import pallas_attention as pa
 from seq2seq_jax.layers.attention import AdditiveAttention
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_DIR = ROOT / "benchmarks" / "peers"  # verbatim copies of ../shared/bench (README there)
+PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin",
+            "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "chex", "numpy",
+            "ml-dtypes", "triton", "torch", "sentencepiece", "sacrebleu", "protobuf", "etils",
+            "tensorflow-datasets", "grain", "array-record", "ml-collections", "tensorboardX",
+            "importlib-resources", "pytest", "pytest-xdist")
+# Harness: matmul sides (bf16 first: the MFU denominator), train models in order of value.
+MATMUL = {"gpu": ((16384, 20), (8192, 10)), "other": ((2048, 5), (2048, 5))}
+TRAIN_FIRST = ("rnnsearch", "transformer")
+TRAIN_LAST = ("transformer_dot",)  # the part-2 comparison: additive vs dot cross-attention
+DECODE = ("rnnsearch", "transformer")
 
 FULL = {"batch": 32, "length": 256, "dim": 512, "heads": 8, "repeats": 10}
 SMOKE = {"batch": 2, "length": 24, "dim": 32, "heads": 8, "repeats": 2}
@@ -184,7 +227,7 @@ def bench(smoke: bool, out_path: str | None) -> int:
     out = open(out_path, "a") if out_path else None  # noqa: SIM115 - closed below
     env = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
            "jax": jax.__version__, "kernel_backend": pa.default_backend(), "smoke": smoke}
-    _emit({"name": "environment", **env}, out)
+    _emit({"name": "attention/environment", **env}, out)
     failed = 0
     parts = [("attention/pallas_vs_chunked/max_abs_diff", lambda: agreement(sizes))]
     # Ascending expected memory: the device's peak counter only grows, so each form's
@@ -209,14 +252,234 @@ def bench(smoke: bool, out_path: str | None) -> int:
     return failed
 
 
+def _run_parts(parts: list[tuple[str, Callable[[], Any]]], out) -> int:
+    """Runs each part, emitting its record(s); a failing part is recorded with its error.
+
+    A part returns one record (a dict, named by the part) or a list of figures (each named).
+    Returns the number of parts that failed.
+    """
+    failed = 0
+    for name, part in parts:
+        start = time.perf_counter()
+        try:
+            result = part()
+        except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
+            failed += 1
+            _emit({"name": name, "error": _error(e),
+                   "seconds": round(time.perf_counter() - start, 1)}, out)
+            continue
+        for record in result if isinstance(result, list) else [{"name": name, **result}]:
+            _emit(record, out)
+    return failed
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _command_output(command: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=20, cwd=ROOT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def environment(smoke: bool) -> dict[str, Any]:
+    """Versions, devices, JAX settings, the GPU (nvidia-smi) and the peers' checksums."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    devices = jax.devices()
+    stats = devices[0].memory_stats() or {}
+    peers = {}
+    for path in sorted(PEERS_DIR.glob("torch_*.py")):
+        original = peer_lib.DEFAULT_PEER_DIR / path.name
+        peers[path.name] = {"sha256": _sha256(path), "matches_shared": (
+            _sha256(original) == _sha256(path) if original.is_file() else None)}
+    smi = _command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,"
+                           "clocks.max.sm,power.limit", "--format=csv,noheader"])
+    return {
+        "smoke": smoke, "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind, "devices": [str(d) for d in devices],
+        "device_memory_gib": (round(stats["bytes_limit"] / 2**30, 1)
+                              if "bytes_limit" in stats else None),
+        "nvidia_smi": smi, "versions": versions, "kernel_backend": pa.default_backend(),
+        "pallas_auto_verified": attention_lib.PALLAS_AUTO_VERIFIED,
+        "git_commit": _command_output(["git", "rev-parse", "HEAD"]),
+        "env": {k: os.environ[k] for k in ("JAX_PLATFORMS", "XLA_FLAGS",
+                                           "JAX_DEFAULT_MATMUL_PRECISION",
+                                           "XLA_PYTHON_CLIENT_PREALLOCATE", "CUDA_VISIBLE_DEVICES")
+                if k in os.environ},
+        "peers": peers,
+    }
+
+
+def verdict(junit: str, rc: int) -> dict[str, Any]:
+    """Whether a pytest run passed on a GPU: for tests/test_pallas_attention.py, whether the
+    Pallas kernels are verified there ("pallas/gpu_verified"; the GPU subset uses it too).
+
+    True only on a GPU backend, with pytest's exit code 0, at least one test passed and none
+    failed, errored or skipped (a skipped Triton test proves nothing).
+    """
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    reason = None
+    try:
+        root = ET.parse(junit).getroot()
+        for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+            for key in counts:
+                counts[key] += int(suite.get(key, 0))
+    except (OSError, ET.ParseError) as e:
+        reason = f"no test report ({type(e).__name__}: {e})"
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    backend = jax.default_backend()
+    if reason is None:
+        if backend != "gpu":
+            reason = f"backend is {backend}, not gpu: the interpreter, not the GPU kernels, ran"
+        elif rc != 0 or counts["failures"] or counts["errors"]:
+            reason = f"pytest exit {rc}, {counts['failures']} failed, {counts['errors']} errors"
+        elif counts["skipped"] or counts["passed"] <= 0:
+            reason = f"{counts['skipped']} skipped, {counts['passed']} passed"
+    return {"value": reason is None, "unit": "bool", "reason": reason, "backend": backend,
+            "device_kind": jax.devices()[0].device_kind, "pytest_rc": rc, **counts,
+            "kernel_backend": pa.default_backend(),
+            "pallas_auto_verified": attention_lib.PALLAS_AUTO_VERIFIED}
+
+
+def workdir_record(workdir: str, inputs: str, outputs: str) -> dict[str, Any]:
+    """The tiny trained workdir's last logged metrics and its decoded lines."""
+    metrics = Path(workdir) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    records = [json.loads(x) for x in lines]
+    last_train = next((r for r in reversed(records) if "train_loss" in r), None)
+    srcs = Path(inputs).read_text().splitlines()
+    outs = Path(outputs).read_text().splitlines()
+    if len(outs) != len(srcs):
+        raise RuntimeError(f"{len(srcs)} input lines but {len(outs)} output lines")
+    return {"backend": jax.default_backend(), "metrics_lines": len(lines),
+            "last_metrics": records[-1] if records else None,
+            "last_train_metrics": last_train, "inputs": srcs, "outputs": outs}
+
+
+def _rename(figures: list[dict[str, Any]], family: str, suffix: str,
+            **extra: Any) -> list[dict[str, Any]]:
+    """train/FAMILY/x -> train/FAMILY_SUFFIX/x, with `extra` keys added to every figure."""
+    renamed = []
+    for record in figures:
+        record = dict(record)
+        if suffix:
+            record["name"] = record["name"].replace(f"/{family}/", f"/{family}_{suffix}/", 1)
+        record.update(extra)
+        renamed.append(record)
+    return renamed
+
+
+def harness(smoke: bool, out, peer_dir: str, peer_device: str | None) -> int:
+    """The benchmark harness on this device (see the module docstring); failed parts."""
+    settings = PRESETS["tiny" if smoke else "full"]
+    backend = jax.default_backend()
+    device = peer_device or ("cuda" if backend == "gpu" else "cpu")
+    precision = "high" if device != "cpu" else ""
+    peak: dict[str, float] = {}
+    peers: dict[str, dict[str, Any]] = {}  # peer name -> mode -> record
+    (bf16_size, bf16_reps), (f32_size, f32_reps) = MATMUL["gpu" if backend == "gpu" else
+                                                          "other"]
+    if smoke:
+        bf16_size = f32_size = settings.matmul_size
+
+    def matmul(dtype: str, size: int, reps: int):
+        figures = matmul_peak.run(size, reps, dtypes=(dtype,))
+        peak[dtype] = figures[0]["value"] * 1e9
+        return [dict(f, backend=backend) for f in figures]
+
+    def run_peer(name: str):
+        cfg = train_bench.model_config(name, settings)
+        peers[name] = peer_lib.run_peer(
+            name, settings, cfg, modes=("all",), directory=Path(peer_dir), timeout_s=240,
+            device=device, float32_matmul_precision=precision)
+        return {"device": device, "records": peers[name]}
+
+    peer_note = {"peer_device": device, "peer_dtype": "float32",
+                 "peer_float32_matmul_precision": precision or "torch default"}
+
+    def train(family: str, dtype: str):
+        peer = peers.get(peer_lib.PEER_OF[family], {}).get("train")
+        overrides = {} if dtype == "float32" else {"dtype": dtype}
+        figures = train_bench.run(settings, families=(family,), peak_flops=peak.get("bfloat16"),
+                                  peers={family: peer} if peer else None, **overrides)
+        extra = {"dtype": dtype, "peak_dtype": "bfloat16", "backend": backend}
+        if peer:
+            extra.update(peer_note)
+        return _rename(figures, family, "" if dtype == "float32" else "bf16", **extra)
+
+    def decode(family: str):
+        peer = peers.get(peer_lib.PEER_OF[family])
+        figures = decode_bench.run(settings, families=(family,),
+                                   peers={family: peer} if peer else None)
+        return [dict(f, backend=backend, **(peer_note if peer else {})) for f in figures]
+
+    parts: list[tuple[str, Callable[[], Any]]] = [
+        ("matmul_peak/bfloat16", lambda: matmul("bfloat16", bf16_size, bf16_reps)),
+        ("matmul_peak/float32", lambda: matmul("float32", f32_size, f32_reps)),
+    ]
+    parts += [(f"peer/{name}", lambda name=name: run_peer(name))
+              for name in ("rnnsearch", "transformer")]
+    parts += [(f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
+               lambda family=family, dtype=dtype: train(family, dtype))
+              for dtype in ("float32", "bfloat16") for family in TRAIN_FIRST]
+    parts += [(f"decode/{family}", lambda family=family: decode(family)) for family in DECODE]
+    parts += [(f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
+               lambda family=family, dtype=dtype: train(family, dtype))
+              for family in TRAIN_LAST for dtype in ("float32", "bfloat16")]
+    return _run_parts(parts, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="every figure, one JSON line each")
-    b.add_argument("--smoke", action="store_true", help="tiny sizes (a CPU rehearsal)")
-    b.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    commands = {}
+    for name, text in (("bench", "the Pallas kernel's figures"),
+                       ("harness", "the benchmark harness on this device"),
+                       ("env", "versions, device, peers"),
+                       ("verdict", "did the kernel pass its tests on a GPU"),
+                       ("workdir", "a tiny trained workdir's metrics and decoded lines")):
+        commands[name] = sub.add_parser(name, help=text)
+        commands[name].add_argument("--smoke", action="store_true",
+                                    help="tiny sizes (a CPU rehearsal)")
+        commands[name].add_argument("--out", default=None,
+                                    help="also append the JSON lines to this file")
+    commands["harness"].add_argument("--peer-dir", default=str(PEERS_DIR))
+    commands["harness"].add_argument("--peer-device", default=None,
+                                     help="torch device of the peers (default: cuda on a GPU)")
+    commands["verdict"].add_argument("--name", default="pallas/gpu_verified",
+                                     help="the record's name")
+    commands["verdict"].add_argument("--junit", required=True, help="pytest's --junitxml file")
+    commands["verdict"].add_argument("--rc", type=int, required=True, help="pytest's exit code")
+    for flag in ("--workdir", "--inputs", "--outputs"):
+        commands["workdir"].add_argument(flag, required=True)
     args = parser.parse_args(argv)
-    return 1 if bench(args.smoke, args.out) else 0
+    if args.command == "bench":
+        return 1 if bench(args.smoke, args.out) else 0
+    out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed below
+    try:
+        if args.command == "harness":
+            return 1 if harness(args.smoke, out, args.peer_dir, args.peer_device) else 0
+        if args.command == "env":
+            part = ("environment", lambda: environment(args.smoke))
+        elif args.command == "verdict":
+            part = (args.name, lambda: verdict(args.junit, args.rc))
+        else:
+            part = ("workdir/tiny", lambda: workdir_record(args.workdir, args.inputs,
+                                                           args.outputs))
+        return 1 if _run_parts([part], out) else 0
+    finally:
+        if out is not None:
+            out.close()
 
 
 if __name__ == "__main__":

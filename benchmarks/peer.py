@@ -38,8 +38,13 @@ def peer_dir(override: str | None = None) -> Path:
 
 
 def _command(family: str, directory: Path, settings: BenchSettings, cfg: Any,
-             threads: int) -> list[str]:
-    """The peer's command line for `family` with the benchmark's sizes."""
+             threads: int, device: str = "cpu",
+             float32_matmul_precision: str = "") -> list[str]:
+    """The peer's command line for `family` with the benchmark's sizes.
+
+    Off the CPU both peers run through the driver (`torch_transformer_peer.py --family`),
+    which moves them to `device`; torch_rnnsearch.py itself has no device option.
+    """
     if family not in SCRIPTS:
         raise ValueError(f"no peer for model {family!r}; known: {sorted(SCRIPTS)}")
     script = directory / SCRIPTS[family]
@@ -51,16 +56,24 @@ def _command(family: str, directory: Path, settings: BenchSettings, cfg: Any,
               "--src-len", str(settings.source_length), "--tgt-len", str(settings.target_length),
               "--steps", str(settings.train_steps), "--beam", str(settings.beam_size),
               "--threads", str(threads)]
+    if device != "cpu":
+        common += ["--device", device]
+        if float32_matmul_precision:
+            common += ["--float32-matmul-precision", float32_matmul_precision]
     if family == "rnnsearch":
-        return [sys.executable, str(script), "--emb", str(settings.peer_emb),
-                "--hidden", str(settings.peer_hidden), *common]
+        sizes = ["--emb", str(settings.peer_emb), "--hidden", str(settings.peer_hidden)]
+        if device == "cpu":
+            return [sys.executable, str(script), *sizes, *common]
+        return [sys.executable, str(_TRANSFORMER_DRIVER), "--peer-dir", str(directory),
+                "--family", "rnnsearch", *sizes, *common]
     return [sys.executable, str(_TRANSFORMER_DRIVER), "--peer-dir", str(directory),
             "--d-model", str(cfg.emb_dim), "--layers", str(cfg.encoder_layers),
             "--heads", str(cfg.num_heads), "--ff", str(cfg.mlp_dim), *common]
 
 
 def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str, ...],
-             directory: Path, threads: int = 0, timeout_s: float = 1800.0
+             directory: Path, threads: int = 0, timeout_s: float = 1800.0,
+             device: str = "cpu", float32_matmul_precision: str = ""
              ) -> dict[str, dict[str, Any]]:
     """Runs the peer of `family` for each mode in `modes` ('train', 'greedy', 'beam').
 
@@ -68,10 +81,13 @@ def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str
       family: 'rnnsearch' or 'transformer'.
       settings: the benchmark sizes (the peer gets the same ones).
       cfg: our `ModelConfig` of that family (the Transformer peer copies its widths).
-      modes: the peer's modes to run.
+      modes: the peer's modes to run ('all': the three in one process).
       directory: the peer directory.
       threads: the peer's torch threads (0: torch's default).
       timeout_s: per-mode time limit.
+      device: the torch device ('cpu', or e.g. 'cuda' through the driver).
+      float32_matmul_precision: off the CPU, `torch.set_float32_matmul_precision` ('high':
+        TF32, like JAX's default on a GPU; '' keeps torch's default).
 
     Returns:
       mode -> the peer's JSON record.
@@ -79,7 +95,8 @@ def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str
     Raises:
       PeerUnavailable: no torch, no file, a failed or silent run (with its stderr's tail).
     """
-    command = _command(family, directory, settings, cfg, threads)
+    command = _command(family, directory, settings, cfg, threads, device,
+                       float32_matmul_precision)
     results = {}
     for mode in modes:
         try:

@@ -171,6 +171,29 @@ def test_tiny_run_without_peer_prints_one_json_figure_per_line(tmp_path):
     assert model_flops["value"] == pytest.approx(expected / 1e9, rel=1e-3)
 
 
+def test_peers_off_the_cpu_run_through_the_device_driver(tmp_path, monkeypatch):
+    """On a GPU both peers go through torch_transformer_peer.py with --device (the peer files
+    have no device option); on CPU the RNNsearch peer's own script runs, as before."""
+    for script in peer.SCRIPTS.values():
+        (tmp_path / script).write_text("")
+    monkeypatch.setattr(peer.importlib.util, "find_spec", lambda name: object())  # "torch"
+    cfg = train_bench.model_config("rnnsearch", TINY)
+    cpu = peer._command("rnnsearch", tmp_path, TINY, cfg, 0)
+    assert cpu[1] == str(tmp_path / "torch_rnnsearch.py") and "--device" not in cpu
+    for family in ("rnnsearch", "transformer"):
+        cmd = peer._command(family, tmp_path, TINY, train_bench.model_config(family, TINY), 0,
+                            "cuda", "high")
+        flag = lambda name, cmd=cmd: cmd[cmd.index(name) + 1]
+        assert cmd[1].endswith("torch_transformer_peer.py")
+        assert flag("--peer-dir") == str(tmp_path) and flag("--device") == "cuda"
+        assert flag("--float32-matmul-precision") == "high"
+        assert flag("--batch") == str(TINY.batch)
+    assert flag("--d-model") == str(train_bench.model_config("transformer", TINY).emb_dim)
+    rnn = peer._command("rnnsearch", tmp_path, TINY, cfg, 0, "cuda")
+    assert rnn[rnn.index("--family") + 1] == "rnnsearch" and "--float32-matmul-precision" not in rnn
+    assert rnn[rnn.index("--hidden") + 1] == str(TINY.peer_hidden)
+
+
 @pytest.mark.skipif(not (HAS_TORCH and HAS_PEER), reason="needs torch and ../shared/bench")
 def test_tiny_run_with_the_peer_gives_ratios():
     records, _ = _run_tiny(["--only", "train", "--models", "rnnsearch", "--peer-threads", "1"])
