@@ -1,4 +1,5 @@
-"""Translate with a trained model: `python -m seq2seq_jax.decode --workdir=DIR [--input=FILE]`.
+"""Translate with a trained model: `python -m seq2seq_jax.decode --workdir=DIR [--input=FILE]`,
+or with an exported translator: `--exported=EXPORT_DIR` (`python -m seq2seq_jax.export`).
 
 Reads one sentence per line (stdin by default), writes one output per line in input order
 (stdout by default). See docs/ARCHITECTURE.md, "Decode CLI", and `seq2seq_jax.inference.run`.
@@ -73,7 +74,9 @@ F.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
               "Decode in this dtype (weights cast once; matmuls accumulate in float32, logits "
               "stay float32). Default: the run's model.dtype. bfloat16 halves the weights' memory "
               "and is faster on CPUs with AVX512-BF16 and on GPUs/TPUs.")
-F.mark_flag_as_required("workdir")
+F.DEFINE_string("exported", None, "Translate with this export directory (python -m "
+                "seq2seq_jax.export) instead of a workdir's model: takes --input, --output, "
+                "--reference and --metrics_file; the search was fixed at export.")
 
 
 def main(argv: list[str]) -> int:

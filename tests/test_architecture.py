@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
                  "ops"},
     "train": {"training", "workdir", "data", "models", "hugepages"},
     "decode": {"inference", "hugepages"},
+    "export": {"inference", "workdir", "hugepages"},
 }
 
 

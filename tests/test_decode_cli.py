@@ -428,3 +428,105 @@ def test_stream_answers_each_line_before_the_next_arrives(workdir, greedy_scored
         if proc.poll() is None:
             proc.kill()
     assert received.empty() and "Traceback" not in proc.stderr.read()
+
+
+# Issue 15 #6: the exported translator (`python -m seq2seq_jax.export`, `load_exported`,
+# `decode --exported`). Expected outputs: the decode CLI's own on the same lines (`cli_run`:
+# beam 3, batches of 2; `greedy_scored`: greedy, batches of 64), so the exported programs, their
+# batch size (4) and the symbolic batch dimension must all give the in-process outputs.
+
+
+@pytest.fixture(scope="module")
+def exports(workdir, tmp_path_factory) -> dict:
+    from seq2seq_jax.export import ExportOptions, export_translator
+
+    out = tmp_path_factory.mktemp("export")
+    beam = export_translator(ExportOptions(workdir=str(workdir), output=str(out / "beam3"),
+                                           beam_size=3, batch_size=4))
+    greedy = export_translator(ExportOptions(workdir=str(workdir), output=str(out / "greedy"),
+                                             beam_size=1, batch_size=4, symbolic_batch=True))
+    return {"dir": out, "beam3": beam, "greedy": greedy}
+
+
+_LOAD_AND_TRANSLATE = """
+import json, sys
+from seq2seq_jax.inference import load_exported
+lines = json.loads(sys.argv[1])
+outputs = {name: load_exported(path)(lines) for name, path in zip(("beam3", "greedy"),
+                                                                  sys.argv[2:], strict=True)}
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "flax"
+                or m.startswith("seq2seq_jax.models"))
+print(json.dumps({"outputs": outputs, "loaded": loaded}))
+"""
+
+
+@pytest.mark.slow
+def test_exported_translator_equals_the_decode_cli_without_model_code(exports, cli_run,
+                                                                      greedy_scored, workdir):
+    import hashlib
+
+    proc = subprocess.run([sys.executable, "-c", _LOAD_AND_TRANSLATE, json.dumps(LINES),
+                           str(exports["dir"] / "beam3"), str(exports["dir"] / "greedy")],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["loaded"] == []  # Neither Flax nor the model code was imported.
+    assert result["outputs"]["beam3"] == cli_run["outputs"]
+    assert result["outputs"]["greedy"] == greedy_scored["outputs"]
+    manifest = exports["beam3"]
+    assert manifest["search"]["beam_size"] == 3 and manifest["batch_size"] == 4
+    assert manifest["widths"] == [8, 16, 32, 40] and manifest["platforms"] == ["cpu"]
+    assert manifest["models"][0]["config_sha256"] == hashlib.sha256(
+        (workdir / "config.json").read_bytes()).hexdigest()
+    assert exports["greedy"]["programs"][0]["inputs"] == "int32[b,8]"
+
+
+@pytest.mark.slow
+def test_decode_cli_with_exported(exports, cli_run, tmp_path):
+    (tmp_path / "in.txt").write_text("\n".join(LINES) + "\n")
+    (tmp_path / "ref.txt").write_text("\n".join(REFS) + "\n")
+    summary = run_lib.run_decode(run_lib.DecodeOptions(
+        exported=str(exports["dir"] / "beam3"), input=str(tmp_path / "in.txt"),
+        output=str(tmp_path / "out.txt"), reference=str(tmp_path / "ref.txt"),
+        metrics_file=str(tmp_path / "metrics.json"), progress=False))
+    assert run_lib.read_lines(str(tmp_path / "out.txt")) == cli_run["outputs"]
+    assert summary["bleu"] == pytest.approx(cli_run["metrics"]["bleu"])
+    assert summary["mode"] == "beam3" and summary["sentences"] == len(LINES) - 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["sentences_per_second"] > 0
+    # Flags that need the model: a one-line error from the CLI.
+    proc = run_module("seq2seq_jax.decode", f"--exported={exports['dir'] / 'beam3'}",
+                      "--beam_size=2", stdin="x\n")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert error_line(proc) == ("seq2seq_jax.decode: error: --beam_size needs the model "
+                                "(--workdir): an exported translator takes only --input, "
+                                "--output, --reference, --metrics_file (its search is set by "
+                                "python -m seq2seq_jax.export)")
+    with pytest.raises(ValueError, match="either --workdir or --exported"):
+        run_lib.check_options(run_lib.DecodeOptions(workdir="w", exported="e"))
+
+
+@pytest.mark.slow
+def test_exported_wrong_platform_or_shape_is_a_one_line_error(exports, tmp_path):
+    from seq2seq_jax.inference.exported import ExportError, load_exported
+
+    source, length = exports["dir"] / "beam3", exports["beam3"]["search"]["max_length"]
+    (tmp_path / "in.txt").write_text("x\n")
+    for name, edit, message in [
+        ("platform", lambda m: m.update(platforms=["cuda"]),
+         f"export {tmp_path / 'platform'}: exported for platform cuda but JAX runs on cpu here"),
+        ("shape", lambda m: m.update(batch_size=8),
+         f"export {tmp_path / 'shape'}: search_s8.jaxexport has the shapes (int32[4,8], "
+         f"int32[4], float32[]) -> (int32[4,{length}], int32[4], float32[4])"),
+    ]:
+        broken = tmp_path / name
+        shutil.copytree(source, broken)
+        manifest = json.loads((broken / "manifest.json").read_text())
+        edit(manifest)
+        (broken / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ExportError) as info:
+            load_exported(broken)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
+        with pytest.raises(ValueError, match="^export "):  # The CLI's one-line error.
+            run_lib.run_decode(run_lib.DecodeOptions(
+                exported=str(broken), input=str(tmp_path / "in.txt"),
+                output=str(tmp_path / "o.txt")))

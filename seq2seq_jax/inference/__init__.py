@@ -1,35 +1,79 @@
 """Inference: batched translation with a model (shared by training's eval and the decode CLI),
-restoring a model from a workdir, and the decode CLI's work.
+restoring a model from a workdir, the decode CLI's work, and the exported translator.
 
-Dependency levels: `ensemble` imports decoding only; `translate` imports models, decoding
-(below training, which uses it);
+Dependency levels: `batching` and `ensemble` import decoding only; `exported` (the translator
+`python -m seq2seq_jax.export` writes) imports batching and the tokenizers, never Flax or
+`seq2seq_jax.models`; `translate` imports models, decoding (below training, which uses it);
 `workdir` and `run` import training.checkpoint (entry-point level). See docs/ARCHITECTURE.md,
 "Decode CLI".
+
+The re-exports are resolved on first use (PEP 562), so `load_exported` does not import the
+model code.
 """
 
-from seq2seq_jax.inference.ensemble import ensemble_step, same_vocabulary
-from seq2seq_jax.inference.translate import (
-    BatchTranslator,
-    Hypothesis,
-    SearchConfig,
-    TranslateStats,
-    Translation,
-    bucket_widths,
-    encode_sources,
-    make_search_fn,
-    plan_batches,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BatchTranslator": "seq2seq_jax.inference.translate",
+    "ExportedTranslator": "seq2seq_jax.inference.exported",
+    "Hypothesis": "seq2seq_jax.inference.translate",
+    "SearchConfig": "seq2seq_jax.decoding.options",
+    "TranslateStats": "seq2seq_jax.inference.batching",
+    "Translation": "seq2seq_jax.inference.translate",
+    "bucket_widths": "seq2seq_jax.inference.batching",
+    "ensemble_step": "seq2seq_jax.inference.ensemble",
+    "encode_sources": "seq2seq_jax.inference.batching",
+    "load_exported": "seq2seq_jax.inference.exported",
+    "make_search_fn": "seq2seq_jax.inference.translate",
+    "plan_batches": "seq2seq_jax.inference.batching",
+    "same_vocabulary": "seq2seq_jax.inference.ensemble",
+}
 
 __all__ = [
     "BatchTranslator",
+    "ExportedTranslator",
     "Hypothesis",
     "SearchConfig",
     "TranslateStats",
     "Translation",
     "bucket_widths",
-    "ensemble_step",
     "encode_sources",
+    "ensemble_step",
+    "load_exported",
     "make_search_fn",
     "plan_batches",
     "same_vocabulary",
 ]
+
+if TYPE_CHECKING:
+    from seq2seq_jax.decoding.options import SearchConfig
+    from seq2seq_jax.inference.batching import (
+        TranslateStats,
+        bucket_widths,
+        encode_sources,
+        plan_batches,
+    )
+    from seq2seq_jax.inference.ensemble import ensemble_step, same_vocabulary
+    from seq2seq_jax.inference.exported import ExportedTranslator, load_exported
+    from seq2seq_jax.inference.translate import (
+        BatchTranslator,
+        Hypothesis,
+        Translation,
+        make_search_fn,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seq2seq_jax.inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -49,7 +49,7 @@ ALIGNMENT_FORMATS = ("jsonl", "pharaoh")
 class DecodeOptions:
     """The CLI's options (field names = flag names; None = take it from the run's config)."""
 
-    workdir: str  # One workdir, or several separated by commas: an ensemble.
+    workdir: str | None = None  # One workdir, or several separated by commas: an ensemble.
     checkpoint: str = "latest"
     checkpoint_step: int | None = None
     average_checkpoints: int = 0
@@ -81,6 +81,7 @@ class DecodeOptions:
     score_format: str = SCORE_FORMATS[0]
     alignment_format: str = ALIGNMENT_FORMATS[0]
     stream: bool = False
+    exported: str | None = None  # An export directory (python -m seq2seq_jax.export).
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -175,7 +176,12 @@ def max_source_length(options: DecodeOptions,
 
 def _warn_truncated(translations: Sequence[Translation], limit: int, *,
                     first_index: int = 0) -> None:
-    lines = [i + 1 for i, t in enumerate(translations, first_index) if t.truncated]
+    _warn_truncated_lines([i + 1 for i, t in enumerate(translations, first_index)
+                           if t.truncated], limit)
+
+
+def _warn_truncated_lines(lines: Sequence[int], limit: int) -> None:
+    """One warning naming the (1-based) input lines truncated to `limit` tokens."""
     if not lines:
         return
     listed = ", ".join(map(str, lines[:_MAX_LISTED])) + (", ..." if len(lines) > _MAX_LISTED
@@ -334,8 +340,26 @@ def _print_scores(metrics: dict[str, Any]) -> None:
     print(f"exact match = {metrics['exact_match']:.2f}%", file=sys.stderr)
 
 
+# Options that --exported may take; the others need the model or change the compiled search.
+EXPORTED_OPTIONS = ("exported", "input", "output", "reference", "metrics_file", "progress")
+
+
 def check_options(options: DecodeOptions) -> None:
     """Rejects option combinations that mean nothing, naming the flags (ValueError)."""
+    if options.exported is not None:
+        if options.workdir is not None:
+            raise ValueError("give either --workdir or --exported, not both")
+        defaults = DecodeOptions()
+        for field in dataclasses.fields(DecodeOptions):
+            if field.name not in EXPORTED_OPTIONS and (getattr(options, field.name)
+                                                       != getattr(defaults, field.name)):
+                raise ValueError(f"--{field.name} needs the model (--workdir): an exported "
+                                 "translator takes only --input, --output, --reference, "
+                                 "--metrics_file (its search is set by python -m "
+                                 "seq2seq_jax.export)")
+        return
+    if options.workdir is None:
+        raise ValueError("give --workdir=DIR (a training run) or --exported=EXPORT_DIR")
     formats = (("nbest_format", NBEST_FORMATS), ("score_format", SCORE_FORMATS),
                ("alignment_format", ALIGNMENT_FORMATS))
     for name, choices in formats:
@@ -412,6 +436,8 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
       ValueError: a bad option, a corrupt checkpoint, or a reference whose line count differs.
     """
     check_options(options)
+    if options.exported is not None:
+        return run_exported(options)
     if options.stream:
         return run_stream(options)
     if options.score_targets:
@@ -447,6 +473,40 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
     elif options.alignments:
         write_lines(options.alignments,
                     alignment_lines(translations, restored[0], options.alignment_format))
+    _write_metrics(options, summary)
+    return summary
+
+
+def run_exported(options: DecodeOptions) -> dict[str, Any]:
+    """`--exported=EXPORT_DIR`: translates `options.input` with `load_exported`'s translator
+    (no model code runs), writes one line per input line and, with a reference, the scores."""
+    from seq2seq_jax.inference.exported import load_exported
+
+    sources = read_lines(options.input)
+    references = read_lines(options.reference) if options.reference else None
+    if references is not None and len(references) != len(sources):
+        raise ValueError(f"--reference {options.reference} has {len(references)} lines but the "
+                         f"input has {len(sources)}")
+    translator = load_exported(options.exported)
+    outputs = translator(sources)
+    _warn_truncated_lines([i + 1 for i in translator.truncated], translator.max_source_length)
+    write_lines(options.output, outputs)
+    stats, manifest, search = translator.stats, translator.manifest, translator.search
+    summary = {"exported": options.exported, "mode": search.mode, "beam_size": search.beam_size,
+               "alpha": search.alpha, "max_length": search.max_length,
+               "dtype": manifest["dtype"], "checkpoint_steps": [
+                   m["checkpoint_step"] for m in manifest["models"]],
+               "sentences": stats.sentences, "programs_compiled": stats.programs_compiled,
+               "compile_seconds": stats.compile_seconds, "decode_seconds": stats.decode_seconds,
+               "sentences_per_second": stats.sentences_per_second}
+    log.info("decoded %d sentences (%s, exported) in %.2f s: %.1f sentences/s (+%.1f s "
+             "compiling %d programs)", stats.sentences, search.mode, stats.decode_seconds,
+             stats.sentences_per_second, stats.compile_seconds, stats.programs_compiled)
+    if references is not None and sources:
+        summary.update(score(outputs, references))
+        _print_scores(summary)
+    elif references is not None:
+        log.warning("the input is empty: no BLEU/chrF to report")
     _write_metrics(options, summary)
     return summary
 

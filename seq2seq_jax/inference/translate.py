@@ -6,7 +6,7 @@ during training is what the CLI reproduces from the checkpoint.
 Shape glossary: B rows of a decoding batch, S source bucket width (EOS included), L output buffer
 length (the absolute maximum output length), K beam.
 
-How texts become batches (`plan_batches`):
+How texts become batches (`plan_batches`, in the model-free `inference.batching`):
 - empty lines are not decoded (their output is the empty string);
 - sources longer than `max_source_length` tokens (EOS included) are truncated, keeping EOS
   (the over-length policy; their indices are reported so callers can warn);
@@ -43,10 +43,24 @@ from tqdm import tqdm
 from seq2seq_jax import decoding, models
 from seq2seq_jax.decoding.options import SearchConfig
 from seq2seq_jax.decoding.search import decode_sequentially
+from seq2seq_jax.inference.batching import (
+    Batch,
+    TranslateStats,
+    batch_rows,
+    batch_sources,
+    bucket_widths,
+    encode_sources,
+    one_line,
+    plan_batches,
+    row_index,
+    source_limits,
+)
 from seq2seq_jax.inference.ensemble import ensemble_step
 
 PyTree = Any
-_MIN_BUCKET = 8
+__all__ = ["Batch", "BatchTranslator", "Hypothesis", "SearchConfig", "TranslateStats",
+           "Translation", "batch_rows", "bucket_widths", "encode_sources", "make_search_fn",
+           "plan_batches"]
 
 
 @dataclasses.dataclass
@@ -90,97 +104,6 @@ class Translation:
     truncated: bool = False
     log_prob: float = 0.0
     hypotheses: list[Hypothesis] | None = None
-
-
-@dataclasses.dataclass
-class TranslateStats:
-    """Timing of one `BatchTranslator.translate` call (compilation excluded from decoding)."""
-
-    sentences: int = 0  # Non-empty sentences decoded.
-    batches: int = 0
-    programs_compiled: int = 0
-    compile_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-    @property
-    def sentences_per_second(self) -> float:
-        """Decoded sentences per second of decoding (0 if nothing was decoded)."""
-        return self.sentences / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """Sentence indices decoded together, and the source width S they are padded to."""
-
-    indices: np.ndarray  # int [n <= rows]
-    width: int
-
-
-def bucket_widths(max_source_length: int) -> tuple[int, ...]:
-    """Source widths batches are padded to: 8, 16, 32, ... below the maximum, then the maximum."""
-    if max_source_length < 1:
-        raise ValueError(f"max_source_length must be >= 1, got {max_source_length}")
-    widths, width = [], _MIN_BUCKET
-    while width < max_source_length:
-        widths.append(width)
-        width *= 2
-    return (*widths, max_source_length)
-
-
-def batch_rows(num_sentences: int, batch_size: int) -> int:
-    """Rows of every batch: `batch_size`, or the next power of two for a smaller input."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return min(batch_size, 1 << max(0, num_sentences - 1).bit_length())
-
-
-def plan_batches(lengths: Sequence[int], *, batch_size: int,
-                 widths: Sequence[int]) -> list[Batch]:
-    """Sorts sentences by length and groups them into batches (empty sentences are skipped).
-
-    Args:
-      lengths: token count of each sentence (EOS included; 0 = empty, not decoded), each at most
-        `max(widths)`.
-      batch_size: most sentences per batch.
-      widths: increasing bucket widths (`bucket_widths`).
-
-    Returns:
-      Batches covering every non-empty sentence once, shortest first.
-    """
-    lengths = np.asarray(lengths, np.int64)
-    if lengths.size and lengths.max() > widths[-1]:
-        raise ValueError(f"a sentence has {lengths.max()} tokens, more than the widest bucket "
-                         f"{widths[-1]}")
-    order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
-    batches = []
-    for start in range(0, len(order), batch_size):
-        indices = np.asarray(order[start:start + batch_size], np.int64)
-        longest = int(lengths[indices].max())
-        width = next(w for w in widths if w >= longest)
-        batches.append(Batch(indices, width))
-    return batches
-
-
-def encode_sources(texts: Sequence[str], tokenizer: Any,
-                   max_source_length: int) -> tuple[list[np.ndarray], list[int]]:
-    """Token ids + EOS of each text (empty text: no ids), cut to `max_source_length` keeping EOS.
-
-    Returns:
-      (ids int32 [S_i] per text, indices of the truncated texts).
-    """
-    if max_source_length < 2:
-        raise ValueError(f"max_source_length must be >= 2 (a token and EOS), got "
-                         f"{max_source_length}")
-    ids, truncated = [], []
-    for i, tokens in enumerate(tokenizer.encode_batch(list(texts))):
-        if not texts[i].strip():
-            ids.append(np.zeros((0,), np.int32))
-            continue
-        if len(tokens) + 1 > max_source_length:
-            truncated.append(i)
-            tokens = tokens[:max_source_length - 1]
-        ids.append(np.asarray([*tokens, tokenizer.eos_id], np.int32))
-    return ids, truncated
 
 
 def members(model: nn.Module | Sequence[nn.Module]) -> tuple[nn.Module, ...]:
@@ -489,15 +412,9 @@ class BatchTranslator:
     def _inputs(self, batch: Batch, source_ids: Sequence[np.ndarray], rows: int,
                 first_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """inputs int32 [rows, S], limits int32 [rows], keys uint32 [rows, 2] of a batch."""
-        inputs = np.zeros((rows, batch.width), np.int32)
-        for row, i in enumerate(batch.indices):
-            inputs[row, :len(source_ids[i])] = source_ids[i]
-        index = _row_index(batch, rows)
-        inputs[len(batch.indices):] = inputs[0]  # Copies of a real row; outputs dropped.
-        source_lengths = np.asarray([len(source_ids[i]) for i in index])
-        limits = np.asarray(decoding.max_length_from_source(
-            source_lengths, a=self.search.length_ratio, b=self.search.length_offset,
-            cap=self.search.max_length), np.int32)
+        inputs = batch_sources(batch, source_ids, rows)
+        index = row_index(batch, rows)
+        limits = source_limits(np.asarray([len(source_ids[i]) for i in index]), self.search)
         if self.search.sample:
             return inputs, limits, sentence_keys(self.search.seed, index + first_index)
         return inputs, limits, np.zeros((rows, 2), np.uint32)
@@ -563,16 +480,8 @@ class BatchTranslator:
                 results[int(i)].hypotheses = hypotheses
 
 
-def _row_index(batch: Batch, rows: int) -> np.ndarray:
-    """The sentence index of each of a batch's rows (filler rows repeat the first sentence)."""
-    return np.concatenate([batch.indices, np.repeat(batch.indices[:1], rows - len(batch.indices))])
-
-
-def _one_line(text: str) -> str:
-    """Keeps one output per line: line breaks inside an output (any `str.splitlines` one) become
-    spaces."""
-    parts = text.splitlines()
-    return text if parts == [text] or not text else " ".join(parts)
+_row_index = row_index  # Model-free helpers: seq2seq_jax.inference.batching.
+_one_line = one_line
 
 
 def _progress_bar(total: int, enabled: bool) -> tqdm:
