@@ -199,8 +199,6 @@ def _install_faults(args: list[str]) -> None:
     should_save, save = checkpoint.Checkpointer.should_save, checkpoint.Checkpointer.save
 
     def faulty_should_save(self, step):
-        if step == faults.get("sigterm-during"):
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop saves the next step and exits
         if step == faults.get("sigkill-during"):
             self.wait()  # step - 1 (a save step) is committed: a plain kill
             os.kill(os.getpid(), signal.SIGKILL)
@@ -208,6 +206,10 @@ def _install_faults(args: list[str]) -> None:
 
     def faulty_save(self, step, *a, **kw):
         started = save(self, step, *a, **kw)
+        if step == faults.get("sigterm-during"):
+            # After the step's save, the loop's last look at it: the signal is seen after the
+            # next step, which the loop then saves before exiting.
+            os.kill(os.getpid(), signal.SIGTERM)
         if step == faults.get("sigkill-after-save"):
             os.kill(os.getpid(), signal.SIGKILL)  # the async write is still in flight
         return started
