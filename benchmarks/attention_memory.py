@@ -45,8 +45,9 @@ class CrossAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: jax.Array) -> jax.Array:
         """x [B, T, D], encoded [B, S, D], mask bool [B, T, S] -> [B, T, D]."""
-        attention = AdditiveAttention(self.dim, implementation=self.implementation,
-                                      chunk_size=self.chunk_size)
+        attention = AdditiveAttention(
+            self.dim, implementation=self.implementation, chunk_size=self.chunk_size
+        )
         context, _ = attention(nn.LayerNorm()(x), encoded, mask)  # [B, T, D]
         return x + nn.Dense(self.dim)(context)
 
@@ -73,8 +74,10 @@ def make_grad_fn(block: CrossAttentionBlock) -> Callable[..., Any]:
 
 def compiled_bytes(block: CrossAttentionBlock, batch: int, length: int) -> dict[str, int]:
     """XLA's memory figures of forward + backward, from compilation alone (nothing runs)."""
-    x, encoded, mask = (jax.ShapeDtypeStruct(a.shape, a.dtype) for a in
-                        jax.eval_shape(lambda: _inputs(batch, length, block.dim)))
+    x, encoded, mask = (
+        jax.ShapeDtypeStruct(a.shape, a.dtype)
+        for a in jax.eval_shape(lambda: _inputs(batch, length, block.dim))
+    )
     params = jax.eval_shape(block.init, jax.random.PRNGKey(0), x, encoded, mask)["params"]
     memory = make_grad_fn(block).lower(params, x, encoded, mask).compile().memory_analysis()
     temp = int(memory.temp_size_in_bytes)
@@ -97,11 +100,23 @@ def run(settings: BenchSettings) -> list[Figure]:
     sizes = {"batch": b, "length": t, "dim": d}
     mem_naive, mem_chunked = compiled_bytes(naive, b, t), compiled_bytes(chunked, b, t)
     figures = [
-        figure("attention/naive/peak_memory", mem_naive["total"] / 2**20, "MiB",
-               temp_mib=round(mem_naive["temp"] / 2**20, 1), **sizes),
-        figure("attention/chunked/peak_memory", mem_chunked["total"] / 2**20, "MiB",
-               peer_value=mem_naive["total"] / 2**20, lower_is_better=True,
-               peer="naive", temp_mib=round(mem_chunked["temp"] / 2**20, 1), **sizes),
+        figure(
+            "attention/naive/peak_memory",
+            mem_naive["total"] / 2**20,
+            "MiB",
+            temp_mib=round(mem_naive["temp"] / 2**20, 1),
+            **sizes,
+        ),
+        figure(
+            "attention/chunked/peak_memory",
+            mem_chunked["total"] / 2**20,
+            "MiB",
+            peer_value=mem_naive["total"] / 2**20,
+            lower_is_better=True,
+            peer="naive",
+            temp_mib=round(mem_chunked["temp"] / 2**20, 1),
+            **sizes,
+        ),
     ]
     sb, st = settings.attention_speed_batch, settings.attention_speed_length
     speed_sizes = {"batch": sb, "length": st, "dim": d, "repeats": settings.attention_repeats}
@@ -109,7 +124,14 @@ def run(settings: BenchSettings) -> list[Figure]:
     t_chunked = time_block(chunked, sb, st, settings.attention_repeats)
     figures += [
         figure("attention/naive/fwd_bwd_time", t_naive * 1e3, "ms", **speed_sizes),
-        figure("attention/chunked/fwd_bwd_time", t_chunked * 1e3, "ms", peer_value=t_naive * 1e3,
-               lower_is_better=True, peer="naive", **speed_sizes),
+        figure(
+            "attention/chunked/fwd_bwd_time",
+            t_chunked * 1e3,
+            "ms",
+            peer_value=t_naive * 1e3,
+            lower_is_better=True,
+            peer="naive",
+            **speed_sizes,
+        ),
     ]
     return figures

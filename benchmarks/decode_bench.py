@@ -37,8 +37,9 @@ DTYPES = ("float32", "bfloat16")
 DTYPE_SUFFIX = {"bfloat16": "bf16"}
 
 
-def make_decoder(cfg: ModelConfig, mode: str, length: int, beam_size: int = 1,
-                 dtype: str = "float32") -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+def make_decoder(
+    cfg: ModelConfig, mode: str, length: int, beam_size: int = 1, dtype: str = "float32"
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
     """A jitted `decode(variables, inputs [B, S]) -> tokens [B, L]` and fresh variables.
 
     Args:
@@ -69,19 +70,23 @@ def make_decoder(cfg: ModelConfig, mode: str, length: int, beam_size: int = 1,
     return decode, variables
 
 
-def measure_decoding(cfg: ModelConfig, settings: BenchSettings, mode: str,
-                     dtype: str = "float32") -> list[float]:
+def measure_decoding(
+    cfg: ModelConfig, settings: BenchSettings, mode: str, dtype: str = "float32"
+) -> list[float]:
     """Seconds per decoded batch of `settings.batch` sentences (compile excluded)."""
-    decode, variables = make_decoder(cfg, mode, settings.target_length, settings.beam_size,
-                                     dtype)
+    decode, variables = make_decoder(cfg, mode, settings.target_length, settings.beam_size, dtype)
     inputs = jnp.asarray(reference_batch(settings)["inputs"])  # [B, S]
     repeats = settings.decode_repeats if mode == "greedy" else max(1, settings.decode_repeats // 2)
     return time_calls(functools.partial(decode, variables, inputs), repeats=repeats)
 
 
-def run(settings: BenchSettings, *, families: tuple[str, ...] = ("rnnsearch",),
-        peers: dict[str, dict[str, dict[str, Any]]] | None = None,
-        **overrides: Any) -> list[Figure]:
+def run(
+    settings: BenchSettings,
+    *,
+    families: tuple[str, ...] = ("rnnsearch",),
+    peers: dict[str, dict[str, dict[str, Any]]] | None = None,
+    **overrides: Any,
+) -> list[Figure]:
     """Greedy and beam figures per family; `peers[family][mode]` is the peer's record."""
     figures = []
     for family in families:
@@ -91,10 +96,17 @@ def run(settings: BenchSettings, *, families: tuple[str, ...] = ("rnnsearch",),
             peer = ((peers or {}).get(family) or {}).get(mode)
             name = f"decode/{family}/{mode}" + (f"{settings.beam_size}" if mode == "beam" else "")
             name += "" if dtype == "float32" else f"_{DTYPE_SUFFIX[dtype]}"
-            figures.append(figure(
-                f"{name}/sentences_per_s", settings.batch / seconds, "sentences/s",
-                peer_value=peer.get("sentences_per_s") if peer else None,
-                batch=settings.batch, max_length=settings.target_length,
-                beam=settings.beam_size if mode == "beam" else 1, dtype=dtype,
-                peer_dtype="float32"))
+            figures.append(
+                figure(
+                    f"{name}/sentences_per_s",
+                    settings.batch / seconds,
+                    "sentences/s",
+                    peer_value=peer.get("sentences_per_s") if peer else None,
+                    batch=settings.batch,
+                    max_length=settings.target_length,
+                    beam=settings.beam_size if mode == "beam" else 1,
+                    dtype=dtype,
+                    peer_dtype="float32",
+                )
+            )
     return figures

@@ -31,29 +31,39 @@ def main() -> None:
     exported = load_exported(args.export_dir)
     manifest = exported.manifest
     (model,) = manifest["models"]
-    restored = restore_from_workdir(args.workdir, step=model["checkpoint_step"],
-                                    dtype=manifest["dtype"])
-    translator = BatchTranslator(restored.model, exported.search,
-                                 source_tokenizer=restored.source_tokenizer,
-                                 target_tokenizer=restored.target_tokenizer,
-                                 max_source_length=exported.max_source_length,
-                                 batch_size=exported.batch_size)
+    restored = restore_from_workdir(
+        args.workdir, step=model["checkpoint_step"], dtype=manifest["dtype"]
+    )
+    translator = BatchTranslator(
+        restored.model,
+        exported.search,
+        source_tokenizer=restored.source_tokenizer,
+        target_tokenizer=restored.target_tokenizer,
+        max_source_length=exported.max_source_length,
+        batch_size=exported.batch_size,
+    )
     in_process = lambda: [t.text for t in translator.translate(restored.params, texts)]
     rates: dict[str, list[float]] = {"in-process": [], "exported": []}
     outputs = {"in-process": in_process(), "exported": exported(texts)}  # Compiles both.
     for repeat in range(args.repeats):
-        for name, translate, stats in (("in-process", in_process, lambda: translator.stats),
-                                       ("exported", exported, lambda: exported.stats)):
+        for name, translate, stats in (
+            ("in-process", in_process, lambda: translator.stats),
+            ("exported", exported, lambda: exported.stats),
+        ):
             outputs[name] = translate() if name == "in-process" else translate(texts)
             rates[name].append(stats().sentences_per_second)
-            print(f"run {repeat + 1} {name:>10}: {stats().sentences} sentences in "
-                  f"{stats().decode_seconds:.2f} s = {rates[name][-1]:,.0f} sentences/s")
+            print(
+                f"run {repeat + 1} {name:>10}: {stats().sentences} sentences in "
+                f"{stats().decode_seconds:.2f} s = {rates[name][-1]:,.0f} sentences/s"
+            )
     medians = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"{Path(args.export_dir).name} ({exported.search.mode}, batch {exported.batch_size}, "
-          f"{manifest['dtype']}): median in-process {medians['in-process']:,.0f} sentences/s, "
-          f"exported {medians['exported']:,.0f} sentences/s "
-          f"(exported / in-process = {medians['exported'] / medians['in-process']:.2f}); "
-          f"outputs identical: {outputs['in-process'] == outputs['exported']}")
+    print(
+        f"{Path(args.export_dir).name} ({exported.search.mode}, batch {exported.batch_size}, "
+        f"{manifest['dtype']}): median in-process {medians['in-process']:,.0f} sentences/s, "
+        f"exported {medians['exported']:,.0f} sentences/s "
+        f"(exported / in-process = {medians['exported'] / medians['in-process']:.2f}); "
+        f"outputs identical: {outputs['in-process'] == outputs['exported']}"
+    )
 
 
 if __name__ == "__main__":

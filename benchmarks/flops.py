@@ -20,8 +20,9 @@ def _dense(rows: int, fan_in: int, fan_out: int) -> float:
     return 2.0 * rows * fan_in * fan_out
 
 
-def rnnsearch_forward_flops(cfg: ModelConfig, batch: int, source_length: int,
-                            target_length: int) -> float:
+def rnnsearch_forward_flops(
+    cfg: ModelConfig, batch: int, source_length: int, target_length: int
+) -> float:
     """Forward matmul FLOPs of RNNsearch (teacher forcing) on a [B, S] -> [B, T] batch."""
     b, s, t = batch, source_length, target_length
     gates = _GATES[cfg.cell_type]
@@ -51,8 +52,9 @@ def rnnsearch_forward_flops(cfg: ModelConfig, batch: int, source_length: int,
     return flops + _dense(b * t, features, cfg.target_vocab_size)
 
 
-def transformer_forward_flops(cfg: ModelConfig, batch: int, source_length: int,
-                              target_length: int) -> float:
+def transformer_forward_flops(
+    cfg: ModelConfig, batch: int, source_length: int, target_length: int
+) -> float:
     """Forward matmul FLOPs of the Transformer (additive or dot cross-attention)."""
     b, s, t, d, f = batch, source_length, target_length, cfg.emb_dim, cfg.mlp_dim
     att = cfg.attention_dim or d

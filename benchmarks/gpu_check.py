@@ -73,11 +73,34 @@ from seq2seq_jax.layers.attention import AdditiveAttention
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = ROOT / "benchmarks" / "peers"  # verbatim copies of ../shared/bench (README there)
-PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin",
-            "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "chex", "numpy",
-            "ml-dtypes", "triton", "torch", "sentencepiece", "sacrebleu", "protobuf", "etils",
-            "tensorflow-datasets", "grain", "array-record", "ml-collections", "tensorboardX",
-            "importlib-resources", "pytest", "pytest-xdist")
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "chex",
+    "numpy",
+    "ml-dtypes",
+    "triton",
+    "torch",
+    "sentencepiece",
+    "sacrebleu",
+    "protobuf",
+    "etils",
+    "tensorflow-datasets",
+    "grain",
+    "array-record",
+    "ml-collections",
+    "tensorboardX",
+    "importlib-resources",
+    "pytest",
+    "pytest-xdist",
+)
 # Harness: matmul sides (bf16 first: the MFU denominator), train models in order of value.
 MATMUL = {"gpu": ((16384, 20), (8192, 10)), "other": ((2048, 5), (2048, 5))}
 TRAIN_FIRST = ("rnnsearch", "transformer")
@@ -106,8 +129,9 @@ def _inputs(sizes: dict[str, int], dtype) -> tuple[jax.Array, jax.Array, jax.Arr
 
 
 def _module(sizes: dict[str, int], impl: str, dtype) -> AdditiveAttention:
-    return AdditiveAttention(sizes["dim"], num_heads=sizes["heads"], dtype=dtype,
-                             implementation=impl)
+    return AdditiveAttention(
+        sizes["dim"], num_heads=sizes["heads"], dtype=dtype, implementation=impl
+    )
 
 
 def _grad_fn(attn: AdditiveAttention, mask: jax.Array):
@@ -136,15 +160,22 @@ def agreement(sizes: dict[str, int]) -> dict[str, Any]:
             attn, params, query, keys, mask = _setup(sizes, impl, jnp.float32)
             (_, outs), grads = _grad_fn(attn, mask)(params, query, keys)
             results[impl] = jax.tree.map(np.asarray, (outs, grads))
-    diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), results["pallas"],
-                         results["chunked"])
+    diffs = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()), results["pallas"], results["chunked"]
+    )
     scale = jax.tree.map(lambda a: float(np.abs(a).max()), results["chunked"])
     leaves = jax.tree.leaves(diffs)
     finite = all(np.isfinite(x).all() for x in jax.tree.leaves(results["pallas"]))
-    return {"value": max(leaves),
-            "unit": "abs", "context_diff": diffs[0][0], "weights_diff": diffs[0][1],
-            "grad_diffs": jax.tree.leaves(diffs[1]), "grad_scales": jax.tree.leaves(scale[1]),
-            "finite": bool(finite), **sizes}
+    return {
+        "value": max(leaves),
+        "unit": "abs",
+        "context_diff": diffs[0][0],
+        "weights_diff": diffs[0][1],
+        "grad_diffs": jax.tree.leaves(diffs[1]),
+        "grad_scales": jax.tree.leaves(scale[1]),
+        "finite": bool(finite),
+        **sizes,
+    }
 
 
 def measure(sizes, impl, dtype) -> dict[str, Any]:
@@ -158,17 +189,23 @@ def measure(sizes, impl, dtype) -> dict[str, Any]:
     if memory is not None:
         temp = memory.temp_size_in_bytes / 2**20
         args_out = (memory.argument_size_in_bytes + memory.output_size_in_bytes) / 2**20
-        record.update(compiled_temp_mib=round(temp, 1),
-                      compiled_total_mib=round(temp + args_out, 1))
+        record.update(
+            compiled_temp_mib=round(temp, 1), compiled_total_mib=round(temp + args_out, 1)
+        )
     fwd = jax.jit(lambda p, q, k: attn.apply({"params": p}, q, k, mask))
     reps = sizes["repeats"]
-    record["fwd_bwd_ms"] = round(median(time_calls(
-        lambda: compiled(params, query, keys), repeats=reps)) * 1e3, 3)
-    record["fwd_ms"] = round(median(time_calls(
-        lambda: fwd(params, query, keys), repeats=reps)) * 1e3, 3)
+    record["fwd_bwd_ms"] = round(
+        median(time_calls(lambda: compiled(params, query, keys), repeats=reps)) * 1e3, 3
+    )
+    record["fwd_ms"] = round(
+        median(time_calls(lambda: fwd(params, query, keys), repeats=reps)) * 1e3, 3
+    )
     stats = jax.devices()[0].memory_stats()
-    record["device_peak_so_far_mib"] = (round(stats["peak_bytes_in_use"] / 2**20, 1)
-                                        if stats and "peak_bytes_in_use" in stats else None)
+    record["device_peak_so_far_mib"] = (
+        round(stats["peak_bytes_in_use"] / 2**20, 1)
+        if stats and "peak_bytes_in_use" in stats
+        else None
+    )
     return record
 
 
@@ -195,8 +232,11 @@ def tile_sweep(sizes, smoke: bool) -> list[dict[str, Any]]:
         row = {"block_t": bt, "block_s": bs, "block_d": bd, "num_warps": warps}
         try:
             jax.block_until_ready(fn(qp, kp, v, values))
-            row["fwd_bwd_ms"] = round(median(time_calls(
-                lambda fn=fn: fn(qp, kp, v, values), repeats=sizes["repeats"])) * 1e3, 3)
+            row["fwd_bwd_ms"] = round(
+                median(time_calls(lambda fn=fn: fn(qp, kp, v, values), repeats=sizes["repeats"]))
+                * 1e3,
+                3,
+            )
         except Exception as e:  # noqa: BLE001 - a tiling the compiler rejects is a finding
             row["error"] = _error(e)
         rows.append(row)
@@ -225,21 +265,41 @@ def bench(smoke: bool, out_path: str | None) -> int:
     """
     sizes = _sizes(smoke)
     out = open(out_path, "a") if out_path else None  # noqa: SIM115 - closed below
-    env = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-           "jax": jax.__version__, "kernel_backend": pa.default_backend(), "smoke": smoke}
+    env = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+        "kernel_backend": pa.default_backend(),
+        "smoke": smoke,
+    }
     _emit({"name": "attention/environment", **env}, out)
     failed = 0
     parts = [("attention/pallas_vs_chunked/max_abs_diff", lambda: agreement(sizes))]
     # Ascending expected memory: the device's peak counter only grows, so each form's
     # "peak so far" bounds its own peak from above and is exact for the first one.
-    for impl, dtype in (("pallas", jnp.bfloat16), ("pallas", jnp.float32),
-                        ("chunked", jnp.bfloat16), ("chunked", jnp.float32),
-                        ("naive", jnp.bfloat16), ("naive", jnp.float32)):
+    for impl, dtype in (
+        ("pallas", jnp.bfloat16),
+        ("pallas", jnp.float32),
+        ("chunked", jnp.bfloat16),
+        ("chunked", jnp.float32),
+        ("naive", jnp.bfloat16),
+        ("naive", jnp.float32),
+    ):
         name = jnp.dtype(dtype).name
-        parts.append((f"attention/{impl}/{name}", lambda impl=impl, dtype=dtype, name=name: {
-            "impl": impl, "dtype": name, **sizes, **measure(sizes, impl, dtype)}))
-    parts.append(("attention/pallas/tile_sweep",
-                  lambda: {"rows": tile_sweep(sizes, smoke), **sizes}))
+        parts.append(
+            (
+                f"attention/{impl}/{name}",
+                lambda impl=impl, dtype=dtype, name=name: {
+                    "impl": impl,
+                    "dtype": name,
+                    **sizes,
+                    **measure(sizes, impl, dtype),
+                },
+            )
+        )
+    parts.append(
+        ("attention/pallas/tile_sweep", lambda: {"rows": tile_sweep(sizes, smoke), **sizes})
+    )
     for name, part in parts:
         try:
             record = {"name": name, **part()}
@@ -265,8 +325,14 @@ def _run_parts(parts: list[tuple[str, Callable[[], Any]]], out) -> int:
             result = part()
         except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
             failed += 1
-            _emit({"name": name, "error": _error(e),
-                   "seconds": round(time.perf_counter() - start, 1)}, out)
+            _emit(
+                {
+                    "name": name,
+                    "error": _error(e),
+                    "seconds": round(time.perf_counter() - start, 1),
+                },
+                out,
+            )
             continue
         for record in result if isinstance(result, list) else [{"name": name, **result}]:
             _emit(record, out)
@@ -279,8 +345,9 @@ def _sha256(path: Path) -> str:
 
 def _command_output(command: list[str]) -> str | None:
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=20, cwd=ROOT,
-                              check=False)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=20, cwd=ROOT, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -299,23 +366,44 @@ def environment(smoke: bool) -> dict[str, Any]:
     peers = {}
     for path in sorted(PEERS_DIR.glob("torch_*.py")):
         original = peer_lib.DEFAULT_PEER_DIR / path.name
-        peers[path.name] = {"sha256": _sha256(path), "matches_shared": (
-            _sha256(original) == _sha256(path) if original.is_file() else None)}
-    smi = _command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,"
-                           "clocks.max.sm,power.limit", "--format=csv,noheader"])
+        peers[path.name] = {
+            "sha256": _sha256(path),
+            "matches_shared": (_sha256(original) == _sha256(path) if original.is_file() else None),
+        }
+    smi = _command_output(
+        [
+            "nvidia-smi",
+            "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
+            "--format=csv,noheader",
+        ]
+    )
     return {
-        "smoke": smoke, "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind, "devices": [str(d) for d in devices],
-        "device_memory_gib": (round(stats["bytes_limit"] / 2**30, 1)
-                              if "bytes_limit" in stats else None),
-        "nvidia_smi": smi, "versions": versions, "kernel_backend": pa.default_backend(),
+        "smoke": smoke,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "devices": [str(d) for d in devices],
+        "device_memory_gib": (
+            round(stats["bytes_limit"] / 2**30, 1) if "bytes_limit" in stats else None
+        ),
+        "nvidia_smi": smi,
+        "versions": versions,
+        "kernel_backend": pa.default_backend(),
         "pallas_auto_verified": attention_lib.PALLAS_AUTO_VERIFIED,
         "git_commit": _command_output(["git", "rev-parse", "HEAD"]),
-        "env": {k: os.environ[k] for k in ("JAX_PLATFORMS", "XLA_FLAGS",
-                                           "JAX_DEFAULT_MATMUL_PRECISION",
-                                           "XLA_PYTHON_CLIENT_PREALLOCATE", "CUDA_VISIBLE_DEVICES")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "JAX_PLATFORMS",
+                "XLA_FLAGS",
+                "JAX_DEFAULT_MATMUL_PRECISION",
+                "XLA_PYTHON_CLIENT_PREALLOCATE",
+                "CUDA_VISIBLE_DEVICES",
+            )
+            if k in os.environ
+        },
         "peers": peers,
     }
 
@@ -331,7 +419,7 @@ def verdict(junit: str, rc: int) -> dict[str, Any]:
     reason = None
     try:
         root = ET.parse(junit).getroot()
-        for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
             for key in counts:
                 counts[key] += int(suite.get(key, 0))
     except (OSError, ET.ParseError) as e:
@@ -345,10 +433,17 @@ def verdict(junit: str, rc: int) -> dict[str, Any]:
             reason = f"pytest exit {rc}, {counts['failures']} failed, {counts['errors']} errors"
         elif counts["skipped"] or counts["passed"] <= 0:
             reason = f"{counts['skipped']} skipped, {counts['passed']} passed"
-    return {"value": reason is None, "unit": "bool", "reason": reason, "backend": backend,
-            "device_kind": jax.devices()[0].device_kind, "pytest_rc": rc, **counts,
-            "kernel_backend": pa.default_backend(),
-            "pallas_auto_verified": attention_lib.PALLAS_AUTO_VERIFIED}
+    return {
+        "value": reason is None,
+        "unit": "bool",
+        "reason": reason,
+        "backend": backend,
+        "device_kind": jax.devices()[0].device_kind,
+        "pytest_rc": rc,
+        **counts,
+        "kernel_backend": pa.default_backend(),
+        "pallas_auto_verified": attention_lib.PALLAS_AUTO_VERIFIED,
+    }
 
 
 def workdir_record(workdir: str, inputs: str, outputs: str) -> dict[str, Any]:
@@ -361,13 +456,19 @@ def workdir_record(workdir: str, inputs: str, outputs: str) -> dict[str, Any]:
     outs = Path(outputs).read_text().splitlines()
     if len(outs) != len(srcs):
         raise RuntimeError(f"{len(srcs)} input lines but {len(outs)} output lines")
-    return {"backend": jax.default_backend(), "metrics_lines": len(lines),
-            "last_metrics": records[-1] if records else None,
-            "last_train_metrics": last_train, "inputs": srcs, "outputs": outs}
+    return {
+        "backend": jax.default_backend(),
+        "metrics_lines": len(lines),
+        "last_metrics": records[-1] if records else None,
+        "last_train_metrics": last_train,
+        "inputs": srcs,
+        "outputs": outs,
+    }
 
 
-def _rename(figures: list[dict[str, Any]], family: str, suffix: str,
-            **extra: Any) -> list[dict[str, Any]]:
+def _rename(
+    figures: list[dict[str, Any]], family: str, suffix: str, **extra: Any
+) -> list[dict[str, Any]]:
     """train/FAMILY/x -> train/FAMILY_SUFFIX/x, with `extra` keys added to every figure."""
     renamed = []
     for record in figures:
@@ -387,8 +488,7 @@ def harness(smoke: bool, out, peer_dir: str, peer_device: str | None) -> int:
     precision = "high" if device != "cpu" else ""
     peak: dict[str, float] = {}
     peers: dict[str, dict[str, Any]] = {}  # peer name -> mode -> record
-    (bf16_size, bf16_reps), (f32_size, f32_reps) = MATMUL["gpu" if backend == "gpu" else
-                                                          "other"]
+    (bf16_size, bf16_reps), (f32_size, f32_reps) = MATMUL["gpu" if backend == "gpu" else "other"]
     if smoke:
         bf16_size = f32_size = settings.matmul_size
 
@@ -400,18 +500,33 @@ def harness(smoke: bool, out, peer_dir: str, peer_device: str | None) -> int:
     def run_peer(name: str):
         cfg = train_bench.model_config(name, settings)
         peers[name] = peer_lib.run_peer(
-            name, settings, cfg, modes=("all",), directory=Path(peer_dir), timeout_s=240,
-            device=device, float32_matmul_precision=precision)
+            name,
+            settings,
+            cfg,
+            modes=("all",),
+            directory=Path(peer_dir),
+            timeout_s=240,
+            device=device,
+            float32_matmul_precision=precision,
+        )
         return {"device": device, "records": peers[name]}
 
-    peer_note = {"peer_device": device, "peer_dtype": "float32",
-                 "peer_float32_matmul_precision": precision or "torch default"}
+    peer_note = {
+        "peer_device": device,
+        "peer_dtype": "float32",
+        "peer_float32_matmul_precision": precision or "torch default",
+    }
 
     def train(family: str, dtype: str):
         peer = peers.get(peer_lib.PEER_OF[family], {}).get("train")
         overrides = {} if dtype == "float32" else {"dtype": dtype}
-        figures = train_bench.run(settings, families=(family,), peak_flops=peak.get("bfloat16"),
-                                  peers={family: peer} if peer else None, **overrides)
+        figures = train_bench.run(
+            settings,
+            families=(family,),
+            peak_flops=peak.get("bfloat16"),
+            peers={family: peer} if peer else None,
+            **overrides,
+        )
         extra = {"dtype": dtype, "peak_dtype": "bfloat16", "backend": backend}
         if peer:
             extra.update(peer_note)
@@ -419,23 +534,35 @@ def harness(smoke: bool, out, peer_dir: str, peer_device: str | None) -> int:
 
     def decode(family: str):
         peer = peers.get(peer_lib.PEER_OF[family])
-        figures = decode_bench.run(settings, families=(family,),
-                                   peers={family: peer} if peer else None)
+        figures = decode_bench.run(
+            settings, families=(family,), peers={family: peer} if peer else None
+        )
         return [dict(f, backend=backend, **(peer_note if peer else {})) for f in figures]
 
     parts: list[tuple[str, Callable[[], Any]]] = [
         ("matmul_peak/bfloat16", lambda: matmul("bfloat16", bf16_size, bf16_reps)),
         ("matmul_peak/float32", lambda: matmul("float32", f32_size, f32_reps)),
     ]
-    parts += [(f"peer/{name}", lambda name=name: run_peer(name))
-              for name in ("rnnsearch", "transformer")]
-    parts += [(f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
-               lambda family=family, dtype=dtype: train(family, dtype))
-              for dtype in ("float32", "bfloat16") for family in TRAIN_FIRST]
+    parts += [
+        (f"peer/{name}", lambda name=name: run_peer(name)) for name in ("rnnsearch", "transformer")
+    ]
+    parts += [
+        (
+            f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
+            lambda family=family, dtype=dtype: train(family, dtype),
+        )
+        for dtype in ("float32", "bfloat16")
+        for family in TRAIN_FIRST
+    ]
     parts += [(f"decode/{family}", lambda family=family: decode(family)) for family in DECODE]
-    parts += [(f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
-               lambda family=family, dtype=dtype: train(family, dtype))
-              for family in TRAIN_LAST for dtype in ("float32", "bfloat16")]
+    parts += [
+        (
+            f"train/{family}{'' if dtype == 'float32' else '_bf16'}",
+            lambda family=family, dtype=dtype: train(family, dtype),
+        )
+        for family in TRAIN_LAST
+        for dtype in ("float32", "bfloat16")
+    ]
     return _run_parts(parts, out)
 
 
@@ -443,21 +570,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {}
-    for name, text in (("bench", "the Pallas kernel's figures"),
-                       ("harness", "the benchmark harness on this device"),
-                       ("env", "versions, device, peers"),
-                       ("verdict", "did the kernel pass its tests on a GPU"),
-                       ("workdir", "a tiny trained workdir's metrics and decoded lines")):
+    for name, text in (
+        ("bench", "the Pallas kernel's figures"),
+        ("harness", "the benchmark harness on this device"),
+        ("env", "versions, device, peers"),
+        ("verdict", "did the kernel pass its tests on a GPU"),
+        ("workdir", "a tiny trained workdir's metrics and decoded lines"),
+    ):
         commands[name] = sub.add_parser(name, help=text)
-        commands[name].add_argument("--smoke", action="store_true",
-                                    help="tiny sizes (a CPU rehearsal)")
-        commands[name].add_argument("--out", default=None,
-                                    help="also append the JSON lines to this file")
+        commands[name].add_argument(
+            "--smoke", action="store_true", help="tiny sizes (a CPU rehearsal)"
+        )
+        commands[name].add_argument(
+            "--out", default=None, help="also append the JSON lines to this file"
+        )
     commands["harness"].add_argument("--peer-dir", default=str(PEERS_DIR))
-    commands["harness"].add_argument("--peer-device", default=None,
-                                     help="torch device of the peers (default: cuda on a GPU)")
-    commands["verdict"].add_argument("--name", default="pallas/gpu_verified",
-                                     help="the record's name")
+    commands["harness"].add_argument(
+        "--peer-device", default=None, help="torch device of the peers (default: cuda on a GPU)"
+    )
+    commands["verdict"].add_argument(
+        "--name", default="pallas/gpu_verified", help="the record's name"
+    )
     commands["verdict"].add_argument("--junit", required=True, help="pytest's --junitxml file")
     commands["verdict"].add_argument("--rc", type=int, required=True, help="pytest's exit code")
     for flag in ("--workdir", "--inputs", "--outputs"):
@@ -474,8 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verdict":
             part = (args.name, lambda: verdict(args.junit, args.rc))
         else:
-            part = ("workdir/tiny", lambda: workdir_record(args.workdir, args.inputs,
-                                                           args.outputs))
+            part = ("workdir/tiny", lambda: workdir_record(args.workdir, args.inputs, args.outputs))
         return 1 if _run_parts([part], out) else 0
     finally:
         if out is not None:

@@ -30,7 +30,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 # The GPU image's packages that the carried wheels rely on (read from the device machine's
 # package list, 2026-11-17): these are not carried unless too old there.
 GPU_MACHINE_HAS = {
-    canonicalize_name(n) for n in """absl-py attrs certifi charset-normalizer cloudpickle einops
+    canonicalize_name(n)
+    for n in """absl-py attrs certifi charset-normalizer cloudpickle einops
     etils fsspec idna jax jaxlib flax optax orbax-checkpoint chex numpy packaging protobuf psutil
     pyarrow pyyaml requests six tqdm typing-extensions urllib3 wrapt zipp sentencepiece
     sacrebleu matplotlib tensorboard msgpack""".split()
@@ -50,11 +51,15 @@ def _compatible(tags, python: str) -> bool:
     target = tuple(int(x) for x in python.split(".")[:2])
     for tag in tags:
         if tag.platform != "any" and not (
-                tag.platform.endswith("_x86_64") and tag.platform.startswith("manylinux")):
+            tag.platform.endswith("_x86_64") and tag.platform.startswith("manylinux")
+        ):
             continue
         version = _cp_version(tag.interpreter)
-        if tag.interpreter in ("py3", "py2.py3") or version == target or (
-                tag.abi == "abi3" and version is not None and version <= target):
+        if (
+            tag.interpreter in ("py3", "py2.py3")
+            or version == target
+            or (tag.abi == "abi3" and version is not None and version <= target)
+        ):
             return True
     return False
 
@@ -63,8 +68,11 @@ def _requirements(path: Path) -> list[Requirement]:
     with zipfile.ZipFile(path) as zf:
         name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         text = zf.read(name).decode()
-    return [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines()
-            if line.startswith("Requires-Dist:")]
+    return [
+        Requirement(line.split(":", 1)[1].strip())
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
 
 
 def check(wheel_dir: Path, python: str) -> tuple[list[Path], list[str]]:
@@ -78,9 +86,16 @@ def check(wheel_dir: Path, python: str) -> tuple[list[Path], list[str]]:
         if name in wheels:
             problems.append(f"{name}: two versions ({wheels[name][0].name}, {path.name})")
         wheels[name] = (path, str(version))
-    env = {"python_version": python, "python_full_version": python + ".0",
-           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-           "os_name": "posix", "implementation_name": "cpython", "extra": ""}
+    env = {
+        "python_version": python,
+        "python_full_version": python + ".0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "extra": "",
+    }
     needed = {n for n in wheels if n not in CONDITIONAL}
     for name in sorted(wheels):
         for req in _requirements(wheels[name][0]):
@@ -96,13 +111,18 @@ def check(wheel_dir: Path, python: str) -> tuple[list[Path], list[str]]:
                 have = metadata.version(req.name)
             except metadata.PackageNotFoundError:
                 have = None
-            if have is not None and req.specifier and not req.specifier.contains(
-                    have, prereleases=True):
+            if (
+                have is not None
+                and req.specifier
+                and not req.specifier.contains(have, prereleases=True)
+            ):
                 if dep in wheels:
                     needed.add(dep)
                 else:
-                    print(f"gpu_wheels: warning: {name} needs {req}; installed here: {have}",
-                          file=sys.stderr)
+                    print(
+                        f"gpu_wheels: warning: {name} needs {req}; installed here: {have}",
+                        file=sys.stderr,
+                    )
     return [wheels[n][0] for n in sorted(needed)], problems
 
 

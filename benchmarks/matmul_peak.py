@@ -33,12 +33,14 @@ def measure_peak(size: int, dtype: str = "float32", repeats: int = 10) -> float:
     return 2.0 * size**3 / seconds
 
 
-def run(size: int = 2048, repeats: int = 10, dtypes: tuple[str, ...] = ("float32",)
-        ) -> list[Figure]:
+def run(
+    size: int = 2048, repeats: int = 10, dtypes: tuple[str, ...] = ("float32",)
+) -> list[Figure]:
     """The matmul peak figures, one per dtype, in GFLOP/s."""
     figures = []
     for dtype in dtypes:
         peak = measure_peak(size, dtype, repeats)
-        figures.append(figure(f"matmul_peak/{dtype}", peak / 1e9, "GFLOP/s", size=size,
-                              repeats=repeats))
+        figures.append(
+            figure(f"matmul_peak/{dtype}", peak / 1e9, "GFLOP/s", size=size, repeats=repeats)
+        )
     return figures

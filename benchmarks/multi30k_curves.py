@@ -60,14 +60,24 @@ def workdir_curve(workdir: Path) -> dict[str, Any]:
         minutes.append(float(r.get("train_minutes", 0.0)))
         loss.append(None if r["train_loss"] is None else r["train_loss"] + offset)
         padding.append(r.get("train_padding"))
-    finals = {k: v for r in records for k, v in r.items()
-              if k.startswith(("validation_", "averaged_validation_"))}
+    finals = {
+        k: v
+        for r in records
+        for k, v in r.items()
+        if k.startswith(("validation_", "averaged_validation_"))
+    }
     rate = tokens[-1] / (60 * minutes[-1]) if minutes and minutes[-1] else None
-    return {"name": workdir.name, "tokens": tokens, "minutes": minutes, "loss": loss,
-            "entropy_offset": round(offset, 4),
-            "tokens_per_second": rate, "steps": last_step,
-            "padding": float(np.nanmean([p for p in padding if p is not None]))
-            if padding else None, "final": finals}
+    return {
+        "name": workdir.name,
+        "tokens": tokens,
+        "minutes": minutes,
+        "loss": loss,
+        "entropy_offset": round(offset, 4),
+        "tokens_per_second": rate,
+        "steps": last_step,
+        "padding": float(np.nanmean([p for p in padding if p is not None])) if padding else None,
+        "final": finals,
+    }
 
 
 def peer_curve(log: Path) -> dict[str, Any]:
@@ -84,11 +94,33 @@ def peer_curve(log: Path) -> dict[str, Any]:
             loss.append(r["loss"])
             steps = r["step"]
         elif "bleu" in r:
-            evals.append({k: r[k] for k in ("eval", "beam", "bleu", "chrf", "decode_s",
-                                            "train_minutes", "steps", "epochs") if k in r})
+            evals.append(
+                {
+                    k: r[k]
+                    for k in (
+                        "eval",
+                        "beam",
+                        "bleu",
+                        "chrf",
+                        "decode_s",
+                        "train_minutes",
+                        "steps",
+                        "epochs",
+                    )
+                    if k in r
+                }
+            )
     rate = tokens[-1] / (60 * minutes[-1]) if minutes else None
-    return {"name": "pytorch_peer", "tokens": tokens, "minutes": minutes, "loss": loss,
-            "tokens_per_second": rate, "steps": steps, "padding": None, "final": evals}
+    return {
+        "name": "pytorch_peer",
+        "tokens": tokens,
+        "minutes": minutes,
+        "loss": loss,
+        "tokens_per_second": rate,
+        "steps": steps,
+        "padding": None,
+        "final": evals,
+    }
 
 
 def _at(xs: list[float], ys: list[float], x: float, window: int = 3) -> float | None:
@@ -102,10 +134,12 @@ def _at(xs: list[float], ys: list[float], x: float, window: int = 3) -> float | 
 
 def summary(curve: dict[str, Any]) -> dict[str, Any]:
     out = {k: curve[k] for k in ("name", "steps", "tokens_per_second", "padding", "final")}
-    out["loss_at_million_tokens"] = {str(m): _at(curve["tokens"], curve["loss"], m * 1e6)
-                                     for m in CHECKPOINTS_M_TOKENS}
-    out["loss_at_minutes"] = {str(m): _at(curve["minutes"], curve["loss"], m)
-                              for m in CHECKPOINTS_MINUTES}
+    out["loss_at_million_tokens"] = {
+        str(m): _at(curve["tokens"], curve["loss"], m * 1e6) for m in CHECKPOINTS_M_TOKENS
+    }
+    out["loss_at_minutes"] = {
+        str(m): _at(curve["minutes"], curve["loss"], m) for m in CHECKPOINTS_MINUTES
+    }
     return out
 
 

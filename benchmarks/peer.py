@@ -37,9 +37,15 @@ def peer_dir(override: str | None = None) -> Path:
     return Path(override or os.environ.get(PEER_DIR_ENV) or DEFAULT_PEER_DIR)
 
 
-def _command(family: str, directory: Path, settings: BenchSettings, cfg: Any,
-             threads: int, device: str = "cpu",
-             float32_matmul_precision: str = "") -> list[str]:
+def _command(
+    family: str,
+    directory: Path,
+    settings: BenchSettings,
+    cfg: Any,
+    threads: int,
+    device: str = "cpu",
+    float32_matmul_precision: str = "",
+) -> list[str]:
     """The peer's command line for `family` with the benchmark's sizes.
 
     Off the CPU both peers run through the driver (`torch_transformer_peer.py --family`),
@@ -52,10 +58,22 @@ def _command(family: str, directory: Path, settings: BenchSettings, cfg: Any,
         raise PeerUnavailable(f"peer file {script} not found (set --peer-dir or ${PEER_DIR_ENV})")
     if importlib.util.find_spec("torch") is None:
         raise PeerUnavailable("torch is not installed (pip install torch, or the 'bench' extra)")
-    common = ["--vocab", str(settings.vocab), "--batch", str(settings.batch),
-              "--src-len", str(settings.source_length), "--tgt-len", str(settings.target_length),
-              "--steps", str(settings.train_steps), "--beam", str(settings.beam_size),
-              "--threads", str(threads)]
+    common = [
+        "--vocab",
+        str(settings.vocab),
+        "--batch",
+        str(settings.batch),
+        "--src-len",
+        str(settings.source_length),
+        "--tgt-len",
+        str(settings.target_length),
+        "--steps",
+        str(settings.train_steps),
+        "--beam",
+        str(settings.beam_size),
+        "--threads",
+        str(threads),
+    ]
     if device != "cpu":
         common += ["--device", device]
         if float32_matmul_precision:
@@ -64,17 +82,45 @@ def _command(family: str, directory: Path, settings: BenchSettings, cfg: Any,
         sizes = ["--emb", str(settings.peer_emb), "--hidden", str(settings.peer_hidden)]
         if device == "cpu":
             return [sys.executable, str(script), *sizes, *common]
-        return [sys.executable, str(_TRANSFORMER_DRIVER), "--peer-dir", str(directory),
-                "--family", "rnnsearch", *sizes, *common]
-    return [sys.executable, str(_TRANSFORMER_DRIVER), "--peer-dir", str(directory),
-            "--d-model", str(cfg.emb_dim), "--layers", str(cfg.encoder_layers),
-            "--heads", str(cfg.num_heads), "--ff", str(cfg.mlp_dim), *common]
+        return [
+            sys.executable,
+            str(_TRANSFORMER_DRIVER),
+            "--peer-dir",
+            str(directory),
+            "--family",
+            "rnnsearch",
+            *sizes,
+            *common,
+        ]
+    return [
+        sys.executable,
+        str(_TRANSFORMER_DRIVER),
+        "--peer-dir",
+        str(directory),
+        "--d-model",
+        str(cfg.emb_dim),
+        "--layers",
+        str(cfg.encoder_layers),
+        "--heads",
+        str(cfg.num_heads),
+        "--ff",
+        str(cfg.mlp_dim),
+        *common,
+    ]
 
 
-def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str, ...],
-             directory: Path, threads: int = 0, timeout_s: float = 1800.0,
-             device: str = "cpu", float32_matmul_precision: str = ""
-             ) -> dict[str, dict[str, Any]]:
+def run_peer(
+    family: str,
+    settings: BenchSettings,
+    cfg: Any,
+    *,
+    modes: tuple[str, ...],
+    directory: Path,
+    threads: int = 0,
+    timeout_s: float = 1800.0,
+    device: str = "cpu",
+    float32_matmul_precision: str = "",
+) -> dict[str, dict[str, Any]]:
     """Runs the peer of `family` for each mode in `modes` ('train', 'greedy', 'beam').
 
     Args:
@@ -95,20 +141,26 @@ def run_peer(family: str, settings: BenchSettings, cfg: Any, *, modes: tuple[str
     Raises:
       PeerUnavailable: no torch, no file, a failed or silent run (with its stderr's tail).
     """
-    command = _command(family, directory, settings, cfg, threads, device,
-                       float32_matmul_precision)
+    command = _command(family, directory, settings, cfg, threads, device, float32_matmul_precision)
     results = {}
     for mode in modes:
         try:
-            proc = subprocess.run([*command, "--mode", mode], capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                [*command, "--mode", mode],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as e:
-            raise PeerUnavailable(f"{' '.join(command[:2])} --mode {mode} ran over "
-                                  f"{timeout_s:.0f} s") from e
-        records = [json.loads(line) for line in proc.stdout.splitlines()
-                   if line.startswith("{")]
+            raise PeerUnavailable(
+                f"{' '.join(command[:2])} --mode {mode} ran over {timeout_s:.0f} s"
+            ) from e
+        records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode or not records:
-            raise PeerUnavailable(f"{' '.join(command[:2])} --mode {mode} failed "
-                                  f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+            raise PeerUnavailable(
+                f"{' '.join(command[:2])} --mode {mode} failed "
+                f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+            )
         results.update({record["mode"]: record for record in records})
     return results

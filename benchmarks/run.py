@@ -48,15 +48,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups to run")
     p.add_argument("--models", default=",".join(FAMILIES), help=",".join(FAMILIES))
     p.add_argument("--no-peer", action="store_true", help="do not run the PyTorch peers")
-    p.add_argument("--peer-dir", default=None,
-                   help=f"peer directory (default ${peer_lib.PEER_DIR_ENV} or ../shared/bench)")
+    p.add_argument(
+        "--peer-dir",
+        default=None,
+        help=f"peer directory (default ${peer_lib.PEER_DIR_ENV} or ../shared/bench)",
+    )
     p.add_argument("--peer-threads", type=int, default=0, help="peer torch threads (0: default)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="measure everything N times; print each figure's median round")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure everything N times; print each figure's median round",
+    )
     p.add_argument("--output", default=None, help="also append the JSON lines to this file")
     args = p.parse_args(argv)
-    for name, chosen, known in (("--only", args.only, GROUPS), ("--models", args.models,
-                                                                FAMILIES)):
+    for name, chosen, known in (("--only", args.only, GROUPS), ("--models", args.models, FAMILIES)):
         unknown = sorted(set(chosen.split(",")) - set(known))
         if unknown:
             p.error(f"{name}: unknown {unknown}; known: {', '.join(known)}")
@@ -66,16 +72,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def machine_figures() -> list[Figure]:
     """What the figures were measured on."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
-    return [figure("machine/cpu_cores", os.cpu_count() or 0, "cores",
-                   processor=platform.processor() or platform.machine(),
-                   backend=jax.default_backend(), devices=jax.device_count(),
-                   jax=jax.__version__, loadavg_1min=round(load, 2),
-                   transparent_hugepages=hugepages.thp_mode(),
-                   glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))]
+    return [
+        figure(
+            "machine/cpu_cores",
+            os.cpu_count() or 0,
+            "cores",
+            processor=platform.processor() or platform.machine(),
+            backend=jax.default_backend(),
+            devices=jax.device_count(),
+            jax=jax.__version__,
+            loadavg_1min=round(load, 2),
+            transparent_hugepages=hugepages.thp_mode(),
+            glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+        )
+    ]
 
 
-def _peers(args: argparse.Namespace, settings: BenchSettings, families: Sequence[str],
-           modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def _peers(
+    args: argparse.Namespace,
+    settings: BenchSettings,
+    families: Sequence[str],
+    modes: tuple[str, ...],
+) -> dict[str, dict[str, Any]]:
     """family -> mode -> the peer's record; unavailable peers reported on stderr."""
     if args.no_peer:
         return {}
@@ -86,12 +104,20 @@ def _peers(args: argparse.Namespace, settings: BenchSettings, families: Sequence
         if name in by_peer:
             continue
         try:
-            by_peer[name] = peer_lib.run_peer(name, settings, train_bench.model_config(
-                name, settings), modes=modes, directory=directory, threads=args.peer_threads)
+            by_peer[name] = peer_lib.run_peer(
+                name,
+                settings,
+                train_bench.model_config(name, settings),
+                modes=modes,
+                directory=directory,
+                threads=args.peer_threads,
+            )
         except peer_lib.PeerUnavailable as e:
             by_peer[name] = None
-            print(f"benchmarks.run: peer figures of {name} {'/'.join(modes)} skipped: {e}",
-                  file=sys.stderr)
+            print(
+                f"benchmarks.run: peer figures of {name} {'/'.join(modes)} skipped: {e}",
+                file=sys.stderr,
+            )
     return {f: by_peer[peer_lib.PEER_OF[f]] for f in families if by_peer[peer_lib.PEER_OF[f]]}
 
 

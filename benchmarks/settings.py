@@ -59,17 +59,38 @@ class BenchSettings:
 
 
 FULL = BenchSettings()
-QUICK = dataclasses.replace(FULL, train_steps=3, decode_repeats=2, matmul_repeats=4,
-                            attention_repeats=2)
+QUICK = dataclasses.replace(
+    FULL, train_steps=3, decode_repeats=2, matmul_repeats=4, attention_repeats=2
+)
 # Every size tiny: RNNsearch with E=16, 16 encoder units per direction, 32 decoder units.
 TINY = BenchSettings(
-    vocab=64, batch=4, source_length=6, target_length=5, train_steps=1, decode_repeats=1,
-    beam_size=2, matmul_size=64, matmul_repeats=1, attention_batch=2, attention_length=8,
-    attention_dim=16, attention_speed_batch=2, attention_speed_length=8, attention_repeats=1,
-    model_overrides=(("emb_dim", 16), ("encoder_hidden_size", 16), ("decoder_hidden_size", 32),
-                     ("attention_dim", 32), ("mlp_dim", 32), ("num_heads", 2),
-                     ("encoder_layers", 1), ("decoder_layers", 1)),
-    peer_hidden=32, peer_emb=16,
+    vocab=64,
+    batch=4,
+    source_length=6,
+    target_length=5,
+    train_steps=1,
+    decode_repeats=1,
+    beam_size=2,
+    matmul_size=64,
+    matmul_repeats=1,
+    attention_batch=2,
+    attention_length=8,
+    attention_dim=16,
+    attention_speed_batch=2,
+    attention_speed_length=8,
+    attention_repeats=1,
+    model_overrides=(
+        ("emb_dim", 16),
+        ("encoder_hidden_size", 16),
+        ("decoder_hidden_size", 32),
+        ("attention_dim", 32),
+        ("mlp_dim", 32),
+        ("num_heads", 2),
+        ("encoder_layers", 1),
+        ("decoder_layers", 1),
+    ),
+    peer_hidden=32,
+    peer_emb=16,
 )
 
 PRESETS = {"full": FULL, "quick": QUICK, "tiny": TINY}

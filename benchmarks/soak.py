@@ -48,11 +48,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 TRAIN_FLAGS = (
-    "--config=configs/default.py:tiny", "--config.progress_bar=False",
-    f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=3", "--config.checkpoint.max_to_keep=20",
-    "--config.eval_every_steps=6", "--config.eval.decode_examples=16",
-    "--config.eval.max_batches=1", "--config.data.num_test_examples=16",
+    "--config=configs/default.py:tiny",
+    "--config.progress_bar=False",
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=3",
+    "--config.checkpoint.max_to_keep=20",
+    "--config.eval_every_steps=6",
+    "--config.eval.decode_examples=16",
+    "--config.eval.max_batches=1",
+    "--config.data.num_test_examples=16",
 )
 KILL_PHASES = ("step", "save", "eval", "final", "timer")  # Where a SIGKILL lands.
 
@@ -61,32 +66,55 @@ KILL_PHASES = ("step", "save", "eval", "final", "timer")  # Where a SIGKILL land
 # Running the CLI with faults.
 
 
-def run_train(workdir: Path, cache: Path, faults: Sequence[str] = (), flags=TRAIN_FLAGS,
-              extra: Sequence[str] = (), timeout: float = 300, wait: bool = True):
+def run_train(
+    workdir: Path,
+    cache: Path,
+    faults: Sequence[str] = (),
+    flags=TRAIN_FLAGS,
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+    wait: bool = True,
+):
     """Runs `python -m seq2seq_jax.train` in this module's worker mode with `faults`.
 
     Returns the CompletedProcess (or the Popen when `wait=False`).
     """
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.pop("XLA_FLAGS", None)
-    argv = [sys.executable, "-m", "benchmarks.soak", "--worker", *faults, "--", *flags, *extra,
-            f"--workdir={workdir}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.soak",
+        "--worker",
+        *faults,
+        "--",
+        *flags,
+        *extra,
+        f"--workdir={workdir}",
+    ]
     if not wait:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(proc) -> str:
     """The CLI's one-line error: its last `seq2seq_jax.<cli>: error:` line, else the last
     non-empty stderr line (warnings that libraries print at interpreter exit may follow it)."""
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    errors = [x for x in lines if x.startswith(("seq2seq_jax.train: error:",
-                                                 "seq2seq_jax.decode: error:"))]
+    errors = [
+        x
+        for x in lines
+        if x.startswith(("seq2seq_jax.train: error:", "seq2seq_jax.decode: error:"))
+    ]
     return errors[-1] if errors else (lines[-1] if lines else "")
 
 
@@ -118,8 +146,13 @@ def _install_faults(faults: Sequence[str]) -> None:
             train_step, eval_step = make(*args, **kwargs)
 
             def faulty(s, batch):
-                before = int(jax.device_get(trainer.state_to_host_layout(
-                    s, args[0] if args else kwargs["placement"]).step))
+                before = int(
+                    jax.device_get(
+                        trainer.state_to_host_layout(
+                            s, args[0] if args else kwargs["placement"]
+                        ).step
+                    )
+                )
                 out = train_step(s, batch)
                 if before + 1 == int(at_value):
                     die()  # The step is dispatched, not finished.
@@ -212,7 +245,7 @@ def _worker(argv: list[str]) -> None:
 
     from seq2seq_jax import train
 
-    sys.argv = ["seq2seq_jax.train", *argv[split + 1:]]
+    sys.argv = ["seq2seq_jax.train", *argv[split + 1 :]]
     app.run(train.main, flags_parser=train.parse_flags)
 
 
@@ -273,7 +306,8 @@ def final_state(workdir: Path, step: int = STEPS) -> dict[str, Any]:
     metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     tree = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+    )
     data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
     return {"state": tree, "data": data}
 
@@ -282,12 +316,12 @@ def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import jax
     import numpy as np
 
-    if a["data"] != b["data"] or jax.tree.structure(a["state"]) != jax.tree.structure(
-            b["state"]):
+    if a["data"] != b["data"] or jax.tree.structure(a["state"]) != jax.tree.structure(b["state"]):
         return False
-    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
-               for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]),
-                               strict=True))
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
+        for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +330,14 @@ def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _record(name: str, **values: Any) -> dict[str, Any]:
-    return {"scenario": name, "faults": 0, "runs_survived": 0, "bytes_lost": 0,
-            "failures": [], **values}
+    return {
+        "scenario": name,
+        "faults": 0,
+        "runs_survived": 0,
+        "bytes_lost": 0,
+        "failures": [],
+        **values,
+    }
 
 
 def reference_run(root: Path, cache: Path) -> Path:
@@ -321,8 +361,9 @@ def next_kill(rng: random.Random, workdir: Path, prefer: str | None = None) -> s
         "final": ["final:0"],
         "timer": [f"timer:{rng.uniform(3.0, 12.0):.2f}"],
     }
-    phase = prefer if prefer and choices[prefer] else rng.choice(
-        [p for p in KILL_PHASES if choices[p]])
+    phase = (
+        prefer if prefer and choices[prefer] else rng.choice([p for p in KILL_PHASES if choices[p]])
+    )
     return rng.choice(choices[phase])
 
 
@@ -340,18 +381,21 @@ def kills_scenario(root: Path, cache: Path, kills: int, seed: int = 0) -> dict[s
     def check_completed() -> None:
         rec["completed_runs"] += 1
         if losses(workdir) != want_losses:
-            rec["failures"].append(f"{workdir.name}: per-step losses differ from the "
-                                   "uninterrupted run")
+            rec["failures"].append(
+                f"{workdir.name}: per-step losses differ from the uninterrupted run"
+            )
         if not same_state(final_state(workdir), want_state):
-            rec["failures"].append(f"{workdir.name}: final state differs from the "
-                                   "uninterrupted run")
+            rec["failures"].append(
+                f"{workdir.name}: final state differs from the uninterrupted run"
+            )
 
     attempts = 0
     while rec["faults"] < kills:
         attempts += 1
         if attempts > 4 * kills + 10:
-            rec["failures"].append(f"only {rec['faults']} of {kills} kills fired in "
-                                   f"{attempts - 1} runs")
+            rec["failures"].append(
+                f"only {rec['faults']} of {kills} kills fired in {attempts - 1} runs"
+            )
             return rec
         prefer = KILL_PHASES[rec["faults"]] if rec["faults"] < len(KILL_PHASES) else None
         fault = next_kill(rng, workdir, prefer)
@@ -385,8 +429,11 @@ def kills_scenario(root: Path, cache: Path, kills: int, seed: int = 0) -> dict[s
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     return proc.returncode == 0
 
 
@@ -400,13 +447,16 @@ def disk_full_scenario(root: Path, cache: Path) -> dict[str, Any]:
     rec = _record("disk_full", method="tmpfs" if mounted else "RLIMIT_FSIZE")
     workdir = (mount if mounted else root / "disk") / "run"
     try:
-        proc = run_train(workdir, cache, ["--fill_disk_after_save=6",
-                                          f"--disk={'tmpfs' if mounted else 'fsize'}"])
+        proc = run_train(
+            workdir,
+            cache,
+            ["--fill_disk_after_save=6", f"--disk={'tmpfs' if mounted else 'fsize'}"],
+        )
         rec["faults"] = 1
         line = error_line(proc)
         if proc.returncode != 1 or not line.startswith("seq2seq_jax.train: error:"):
             rec["failures"].append(f"exit {proc.returncode} (want 1, one line): {line}")
-        cause = ("No space left" if mounted else "File too large")
+        cause = "No space left" if mounted else "File too large"
         if cause not in line:
             rec["failures"].append(f"the error does not name the cause ({cause!r}): {line}")
         kept = checkpoint_digest(workdir)
@@ -469,9 +519,11 @@ def rejected_rerun_scenario(root: Path, cache: Path) -> dict[str, Any]:
     reruns = {
         "typo": ["--config.model.name=lstm_magic"],
         "model size": ["--config.model.emb_dim=24"],
-        "missing data": ["--config.data.name=parallel_text",
-                         f"--config.data.train_source={root}/missing.de",
-                         f"--config.data.train_target={root}/missing.en"],
+        "missing data": [
+            "--config.data.name=parallel_text",
+            f"--config.data.train_source={root}/missing.de",
+            f"--config.data.train_target={root}/missing.en",
+        ],
     }
     for name, flags in reruns.items():
         proc = run_train(workdir, cache, extra=flags)
@@ -487,9 +539,15 @@ def rejected_rerun_scenario(root: Path, cache: Path) -> dict[str, Any]:
     if proc.returncode != 1 or fresh.exists():
         rec["failures"].append(f"fresh workdir: exit {proc.returncode}, exists={fresh.exists()}")
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    decode = subprocess.run([sys.executable, "-m", "seq2seq_jax.decode", f"--workdir={workdir}"],
-                            input="Saturday 9 May 2018\n", cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    decode = subprocess.run(
+        [sys.executable, "-m", "seq2seq_jax.decode", f"--workdir={workdir}"],
+        input="Saturday 9 May 2018\n",
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if decode.returncode != 0 or not decode.stdout.strip():
         rec["failures"].append(f"decode after the rejected runs: {error_line(decode)}")
     else:
@@ -502,16 +560,22 @@ def nonfinite_scenario(root: Path, cache: Path, nan_step: int = 5) -> dict[str, 
     rec = _record("nonfinite")
     for mode in ("abort", "skip", "ignore"):
         workdir = root / f"nan_{mode}"
-        proc = run_train(workdir, cache, [f"--nan={nan_step}"],
-                         extra=[f"--config.optimizer.nonfinite={mode}"])
+        proc = run_train(
+            workdir, cache, [f"--nan={nan_step}"], extra=[f"--config.optimizer.nonfinite={mode}"]
+        )
         rec["faults"] += 1
         line = error_line(proc)
         if mode == "abort":
             good = [s for s in committed(workdir) if s < nan_step]
-            if (proc.returncode != 1 or f"step {nan_step}" not in line
-                    or committed(workdir) != good or not good):
-                rec["failures"].append(f"abort: exit {proc.returncode}, checkpoints "
-                                       f"{committed(workdir)}: {line}")
+            if (
+                proc.returncode != 1
+                or f"step {nan_step}" not in line
+                or committed(workdir) != good
+                or not good
+            ):
+                rec["failures"].append(
+                    f"abort: exit {proc.returncode}, checkpoints {committed(workdir)}: {line}"
+                )
             else:
                 rec["runs_survived"] += 1
             continue
@@ -521,9 +585,11 @@ def nonfinite_scenario(root: Path, cache: Path, nan_step: int = 5) -> dict[str, 
         records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
         at = next(r for r in records if r.get("step") == nan_step and "train_loss" in r)
         last = [r for r in records if "train_loss" in r][-1]
-        if mode == "skip" and not (at["train_nonfinite_skipped"] == 1.0
-                                   and last["nonfinite_total"] == 1
-                                   and last["train_loss"] is not None):
+        if mode == "skip" and not (
+            at["train_nonfinite_skipped"] == 1.0
+            and last["nonfinite_total"] == 1
+            and last["train_loss"] is not None
+        ):
             rec["failures"].append(f"skip: step {nan_step} {at}, last {last}")
         elif mode == "ignore" and last["train_loss"] is not None:
             rec["failures"].append(f"ignore: the loss stayed finite: {last}")
@@ -542,12 +608,21 @@ def nonfinite_two_process_scenario(root: Path, cache: Path, nan_step: int = 5) -
         port = sock.getsockname()[1]
     workdir = root / "nan_two_process"
     rec = _record("nonfinite_two_process", faults=1)
-    procs = [run_train(workdir, root / f"jax_cache_p{i}", [f"--nan={nan_step}"], wait=False,
-                       extra=["--config.distributed.initialize=true",
-                              f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                              "--config.distributed.num_processes=2",
-                              f"--config.distributed.process_id={i}"])
-             for i in range(2)]
+    procs = [
+        run_train(
+            workdir,
+            root / f"jax_cache_p{i}",
+            [f"--nan={nan_step}"],
+            wait=False,
+            extra=[
+                "--config.distributed.initialize=true",
+                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={i}",
+            ],
+        )
+        for i in range(2)
+    ]
     results = []
     for proc in procs:
         _, err = proc.communicate(timeout=300)
@@ -562,12 +637,19 @@ def nonfinite_two_process_scenario(root: Path, cache: Path, nan_step: int = 5) -
     return rec
 
 
-SCENARIOS = ("kills", "disk_full", "concurrent", "rejected_rerun", "nonfinite",
-             "nonfinite_two_process")
+SCENARIOS = (
+    "kills",
+    "disk_full",
+    "concurrent",
+    "rejected_rerun",
+    "nonfinite",
+    "nonfinite_two_process",
+)
 
 
-def run_all(root: Path, kills: int, seed: int, only: Sequence[str] = SCENARIOS
-            ) -> Iterator[dict[str, Any]]:
+def run_all(
+    root: Path, kills: int, seed: int, only: Sequence[str] = SCENARIOS
+) -> Iterator[dict[str, Any]]:
     cache = root / "jax_cache"
     for name in only:
         started = time.time()

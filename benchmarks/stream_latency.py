@@ -25,15 +25,27 @@ def main() -> None:
     parser.add_argument("input")
     parser.add_argument("--lines", type=int, default=50)
     args, decode_flags = parser.parse_known_args()
-    lines = Path(args.input).read_text(encoding="utf-8").splitlines()[:args.lines]
+    lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.lines]
     if len(lines) < 2:
         raise SystemExit(f"{args.input}: need at least 2 lines")
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "metrics.json"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "seq2seq_jax.decode", f"--workdir={args.workdir}", "--stream",
-             f"--metrics_file={metrics}", *decode_flags], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            [
+                sys.executable,
+                "-m",
+                "seq2seq_jax.decode",
+                f"--workdir={args.workdir}",
+                "--stream",
+                f"--metrics_file={metrics}",
+                *decode_flags,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         waits = []
         for line in lines:
             start = time.perf_counter()
@@ -47,10 +59,12 @@ def main() -> None:
             raise SystemExit(f"the decoder failed (exit code {proc.returncode})")
         server = json.loads(metrics.read_text())["latency_seconds"]
     rest = waits[1:]
-    print(f"line 1 (process start, restore, compile): {waits[0]:.2f} s; lines 2-{len(waits)}: "
-          f"median {1000 * statistics.median(rest):.1f} ms, max {1000 * max(rest):.1f} ms; "
-          f"decoder-side: median {1000 * server['median']:.1f} ms, max "
-          f"{1000 * server['max']:.1f} ms")
+    print(
+        f"line 1 (process start, restore, compile): {waits[0]:.2f} s; lines 2-{len(waits)}: "
+        f"median {1000 * statistics.median(rest):.1f} ms, max {1000 * max(rest):.1f} ms; "
+        f"decoder-side: median {1000 * server['median']:.1f} ms, max "
+        f"{1000 * server['max']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

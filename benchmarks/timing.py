@@ -17,8 +17,15 @@ import jax
 Figure = dict[str, Any]
 
 
-def figure(name: str, value: float, unit: str, *, peer_value: float | None = None,
-           lower_is_better: bool = False, **extra: Any) -> Figure:
+def figure(
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    peer_value: float | None = None,
+    lower_is_better: bool = False,
+    **extra: Any,
+) -> Figure:
     """Builds one figure record.
 
     Args:

@@ -32,13 +32,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--family", default="transformer", choices=["transformer", "rnnsearch"])
     p.add_argument("--mode", default="all", choices=["train", "greedy", "beam", "all"])
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0, ...)")
-    p.add_argument("--float32-matmul-precision", default="",
-                   choices=["", "highest", "high", "medium"],
-                   help="torch.set_float32_matmul_precision ('' keeps torch's default)")
-    for name, default in (("vocab", 8000), ("d-model", 256), ("layers", 3), ("heads", 4),
-                          ("ff", 1024), ("emb", 256), ("hidden", 512), ("batch", 64),
-                          ("src-len", 32), ("tgt-len", 32), ("steps", 10), ("beam", 5),
-                          ("threads", 0)):
+    p.add_argument(
+        "--float32-matmul-precision",
+        default="",
+        choices=["", "highest", "high", "medium"],
+        help="torch.set_float32_matmul_precision ('' keeps torch's default)",
+    )
+    for name, default in (
+        ("vocab", 8000),
+        ("d-model", 256),
+        ("layers", 3),
+        ("heads", 4),
+        ("ff", 1024),
+        ("emb", 256),
+        ("hidden", 512),
+        ("batch", 64),
+        ("src-len", 32),
+        ("tgt-len", 32),
+        ("steps", 10),
+        ("beam", 5),
+        ("threads", 0),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     return p.parse_args()
 
@@ -87,20 +101,29 @@ def main() -> None:
         model = model.to(device)
         src, src_mask, tgt_in, tgt_out = (x.to(device) for x in (src, src_mask, tgt_in, tgt_out))
         torch.set_default_device(device)  # the peers' searches create tensors without a device
-    common = {"params": sum(p.numel() for p in model.parameters()), "batch": a.batch,
-              "src_len": a.src_len, "tgt_len": a.tgt_len, "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+    common = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": a.batch,
+        "src_len": a.src_len,
+        "tgt_len": a.tgt_len,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if device.type != "cpu":
-        common.update(device=str(device), family=a.family,
-                      float32_matmul_precision=torch.get_float32_matmul_precision())
+        common.update(
+            device=str(device),
+            family=a.family,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+        )
     if a.mode in ("train", "all"):
         opt = torch.optim.Adam(model.parameters(), 1e-3)
 
         def train_step():
             opt.zero_grad(set_to_none=True)
             logits = model(src, src_mask, tgt_in)
-            loss = F.cross_entropy(logits.reshape(-1, a.vocab), tgt_out.reshape(-1),
-                                   ignore_index=PAD)
+            loss = F.cross_entropy(
+                logits.reshape(-1, a.vocab), tgt_out.reshape(-1), ignore_index=PAD
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -108,18 +131,44 @@ def main() -> None:
 
         train_step()
         dt = timed(train_step, a.steps, sync)
-        print(json.dumps({"mode": "train", "step_ms": dt * 1e3,
-                          "tokens_per_s": a.batch * a.tgt_len / dt, **common}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "mode": "train",
+                    "step_ms": dt * 1e3,
+                    "tokens_per_s": a.batch * a.tgt_len / dt,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
     model.eval()
     if a.mode in ("greedy", "all"):
         dt = timed(lambda: peer.greedy(model, src, src_mask, a.tgt_len), a.steps, sync)
-        print(json.dumps({"mode": "greedy", "batch_ms": dt * 1e3,
-                          "sentences_per_s": a.batch / dt, **common}), flush=True)
+        print(
+            json.dumps(
+                {"mode": "greedy", "batch_ms": dt * 1e3, "sentences_per_s": a.batch / dt, **common}
+            ),
+            flush=True,
+        )
     if a.mode in ("beam", "all"):
-        dt = timed(lambda: peer.beam_search(model, src, src_mask, a.tgt_len, a.beam),
-                   max(1, a.steps // 2), sync)
-        print(json.dumps({"mode": "beam", "beam": a.beam, "batch_ms": dt * 1e3,
-                          "sentences_per_s": a.batch / dt, **common}), flush=True)
+        dt = timed(
+            lambda: peer.beam_search(model, src, src_mask, a.tgt_len, a.beam),
+            max(1, a.steps // 2),
+            sync,
+        )
+        print(
+            json.dumps(
+                {
+                    "mode": "beam",
+                    "beam": a.beam,
+                    "batch_ms": dt * 1e3,
+                    "sentences_per_s": a.batch / dt,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

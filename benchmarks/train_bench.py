@@ -40,11 +40,15 @@ def model_config(family: str, settings: BenchSettings, **overrides: Any) -> Mode
         raise ValueError(f"unknown benchmark model {family!r}; known: {sorted(PRESETS)}")
     preset, preset_overrides = PRESETS[family]
     section = default_model_config(preset)
-    for key, value in (*preset_overrides.items(), *settings.model_overrides,
-                       *overrides.items()):
+    for key, value in (*preset_overrides.items(), *settings.model_overrides, *overrides.items()):
         section[key] = value
-    return ModelConfig.from_config(section, source_vocab_size=settings.vocab,
-                                   target_vocab_size=settings.vocab, bos_id=BOS_ID, eos_id=EOS_ID)
+    return ModelConfig.from_config(
+        section,
+        source_vocab_size=settings.vocab,
+        target_vocab_size=settings.vocab,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+    )
 
 
 def reference_batch(settings: BenchSettings, seed: int = 0) -> dict[str, np.ndarray]:
@@ -57,7 +61,8 @@ def reference_batch(settings: BenchSettings, seed: int = 0) -> dict[str, np.ndar
     targets = rng.integers(3, settings.vocab, size=(b, t)).astype(np.int32)
     positions = np.broadcast_to(np.arange(max(s, t), dtype=np.int32), (b, max(s, t)))
     return {
-        "inputs": inputs, "targets": targets,
+        "inputs": inputs,
+        "targets": targets,
         "inputs_segmentation": valid.astype(np.int32),
         "targets_segmentation": np.ones_like(targets),
         "inputs_position": np.where(valid, positions[:, :s], 0).astype(np.int32),
@@ -89,8 +94,7 @@ def _peer_optimizer():
     return tx
 
 
-def measure_train(cfg: ModelConfig, batch: dict[str, np.ndarray], steps: int
-                  ) -> TrainMeasurement:
+def measure_train(cfg: ModelConfig, batch: dict[str, np.ndarray], steps: int) -> TrainMeasurement:
     """Compiles the project's train step for `cfg` and times `steps` steps after two warm-ups."""
     state, placement = trainer.init_train_state(build_model(cfg), _peer_optimizer(), seed=0)
     train_step, _ = trainer.make_step_fns(placement)
@@ -108,47 +112,89 @@ def measure_train(cfg: ModelConfig, batch: dict[str, np.ndarray], steps: int
         jax.block_until_ready((state, metrics))
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return TrainMeasurement(compile_s, times, float((cost or {}).get("flops", 0.0)),
-                            int(getattr(memory, "temp_size_in_bytes", 0)))
+    return TrainMeasurement(
+        compile_s,
+        times,
+        float((cost or {}).get("flops", 0.0)),
+        int(getattr(memory, "temp_size_in_bytes", 0)),
+    )
 
 
-def train_figures(family: str, cfg: ModelConfig, settings: BenchSettings,
-                  measured: TrainMeasurement, peak_flops: float | None,
-                  peer: dict[str, Any] | None) -> list[Figure]:
+def train_figures(
+    family: str,
+    cfg: ModelConfig,
+    settings: BenchSettings,
+    measured: TrainMeasurement,
+    peak_flops: float | None,
+    peer: dict[str, Any] | None,
+) -> list[Figure]:
     """The figures of one model: tokens/s, step time, FLOPs, FLOP/s, fraction of peak, compile."""
     b, s, t = settings.batch, settings.source_length, settings.target_length
     step = median(measured.step_s)
     model_flops = flops_lib.train_flops(cfg, b, s, t)
-    sizes = {"batch": b, "source_length": s, "target_length": t, "vocab": settings.vocab,
-             "steps": len(measured.step_s)}
+    sizes = {
+        "batch": b,
+        "source_length": s,
+        "target_length": t,
+        "vocab": settings.vocab,
+        "steps": len(measured.step_s),
+    }
     peer_tps = peer.get("tokens_per_s") if peer else None
     peer_ms = peer.get("step_ms") if peer else None
     prefix = f"train/{family}"
     figures = [
         figure(f"{prefix}/tokens_per_s", b * t / step, "tokens/s", peer_value=peer_tps, **sizes),
-        figure(f"{prefix}/step_time", step * 1e3, "ms", peer_value=peer_ms,
-               lower_is_better=True, **sizes),
-        figure(f"{prefix}/model_flops_per_step", model_flops / 1e9, "GFLOP",
-               xla_count_gflop=round(measured.xla_flops / 1e9, 2)),
+        figure(
+            f"{prefix}/step_time",
+            step * 1e3,
+            "ms",
+            peer_value=peer_ms,
+            lower_is_better=True,
+            **sizes,
+        ),
+        figure(
+            f"{prefix}/model_flops_per_step",
+            model_flops / 1e9,
+            "GFLOP",
+            xla_count_gflop=round(measured.xla_flops / 1e9, 2),
+        ),
         figure(f"{prefix}/achieved_flops", model_flops / step / 1e9, "GFLOP/s"),
     ]
     if peak_flops:
-        figures.append(figure(f"{prefix}/fraction_of_matmul_peak", model_flops / step / peak_flops,
-                              "fraction", peak_gflops=round(peak_flops / 1e9, 1)))
-    figures.append(figure(f"{prefix}/compile_time", measured.compile_s, "s",
-                          temp_memory_mb=round(measured.temp_bytes / 2**20, 1)))
+        figures.append(
+            figure(
+                f"{prefix}/fraction_of_matmul_peak",
+                model_flops / step / peak_flops,
+                "fraction",
+                peak_gflops=round(peak_flops / 1e9, 1),
+            )
+        )
+    figures.append(
+        figure(
+            f"{prefix}/compile_time",
+            measured.compile_s,
+            "s",
+            temp_memory_mb=round(measured.temp_bytes / 2**20, 1),
+        )
+    )
     return figures
 
 
-def run(settings: BenchSettings, *, families: tuple[str, ...] = tuple(PRESETS),
-        peak_flops: float | None = None, peers: dict[str, dict[str, Any]] | None = None,
-        **overrides: Any) -> list[Figure]:
+def run(
+    settings: BenchSettings,
+    *,
+    families: tuple[str, ...] = tuple(PRESETS),
+    peak_flops: float | None = None,
+    peers: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> list[Figure]:
     """Measures every family; `peers[family]` is the peer's train record (or absent)."""
     batch = reference_batch(settings)
     figures = []
     for family in families:
         cfg = model_config(family, settings, **overrides)
         measured = measure_train(cfg, batch, settings.train_steps)
-        figures += train_figures(family, cfg, settings, measured, peak_flops,
-                                 (peers or {}).get(family))
+        figures += train_figures(
+            family, cfg, settings, measured, peak_flops, (peers or {}).get(family)
+        )
     return figures

@@ -41,8 +41,14 @@ def dates_data(c: ml_collections.ConfigDict) -> None:
     c.data.batching = "pad"  # One batch shape: one compilation (dates are short anyway).
 
 
-def tiny(c: ml_collections.ConfigDict, *, steps: int, eval_examples: int, decode_examples: int,
-         max_batches: int) -> None:
+def tiny(
+    c: ml_collections.ConfigDict,
+    *,
+    steps: int,
+    eval_examples: int,
+    decode_examples: int,
+    max_batches: int,
+) -> None:
     """A seconds-long smoke run: a tiny model on 2,000 examples, global batch 16 (divisible by
     8 devices), a log line every 5 steps, evaluation and a checkpoint every 10.
 
@@ -70,8 +76,9 @@ def tiny(c: ml_collections.ConfigDict, *, steps: int, eval_examples: int, decode
     c.eval.max_batches = max_batches
 
 
-def multi30k(arg: str | None, *, model: str, tokens_per_batch: int, batch_size: int
-             ) -> tuple[ml_collections.ConfigDict, str | None]:
+def multi30k(
+    arg: str | None, *, model: str, tokens_per_batch: int, batch_size: int
+) -> tuple[ml_collections.ConfigDict, str | None]:
     """A Multi30k de->en experiment: everything but the model's own optimiser and schedule.
 
     Joint SentencePiece 8000 and token-budget batches (`multi30k_data_config`), label smoothing
@@ -114,8 +121,9 @@ def multi30k(arg: str | None, *, model: str, tokens_per_batch: int, batch_size: 
     return c, variant
 
 
-def time_budget(c: ml_collections.ConfigDict, *, checkpoint_every_steps: int,
-                minutes: float = 30.0) -> None:
+def time_budget(
+    c: ml_collections.ConfigDict, *, checkpoint_every_steps: int, minutes: float = 30.0
+) -> None:
     """`:fast`: train for `minutes` of wall-clock time (then checkpoint and score), no periodic
     evaluation (the final one scores the last checkpoint and the mean of the last ones)."""
     c.max_train_minutes = minutes

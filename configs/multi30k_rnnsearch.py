@@ -39,8 +39,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The experiment; `arg` is '[fast][:DIR]' (the variant, then the data directory)."""
     # Token budgets of 2048 tokens; at most 256 rows a batch (windows of 16,384).
-    c, variant = common.multi30k(arg, model="rnnsearch_reference", tokens_per_batch=2048,
-                                 batch_size=256)
+    c, variant = common.multi30k(
+        arg, model="rnnsearch_reference", tokens_per_batch=2048, batch_size=256
+    )
     c.model.init_scheme = "torch"
     if variant == "fast":
         common.time_budget(c, checkpoint_every_steps=150)

@@ -33,8 +33,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The experiment; `arg` is '[fast][:DIR]' (the variant, then the data directory)."""
     # Token budgets of 4096 tokens; at most 512 rows a batch.
-    c, variant = common.multi30k(arg, model="transformer_multi30k", tokens_per_batch=4096,
-                                 batch_size=512)
+    c, variant = common.multi30k(
+        arg, model="transformer_multi30k", tokens_per_batch=4096, batch_size=512
+    )
     c.optimizer.b2 = 0.98
     c.optimizer.schedule = "warmup_rsqrt"
     if variant == "fast":

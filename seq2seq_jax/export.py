@@ -64,9 +64,13 @@ class ExportOptions:
     def decode_options(self) -> run.DecodeOptions:
         """The decode CLI's options resolving the same search (`run.search_config`)."""
         names = {f.name for f in dataclasses.fields(run.DecodeOptions)}
-        return run.DecodeOptions(**{f.name: getattr(self, f.name)
-                                    for f in dataclasses.fields(self)
-                                    if f.name in names and f.name != "output"})
+        return run.DecodeOptions(
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name in names and f.name != "output"
+            }
+        )
 
 
 def config_sha256(workdir: str) -> str:
@@ -90,9 +94,13 @@ def export_translator(options: ExportOptions) -> dict[str, Any]:
         raise ValueError(f"--batch_size must be >= 1, got {options.batch_size}")
     decode_options = options.decode_options()
     workdirs = split_workdirs(options.workdir)
-    restored = restore_ensemble(workdirs, checkpoint=options.checkpoint,
-                                step=options.checkpoint_step, dtype=options.dtype,
-                                average=options.average_checkpoints)
+    restored = restore_ensemble(
+        workdirs,
+        checkpoint=options.checkpoint,
+        step=options.checkpoint_step,
+        dtype=options.dtype,
+        average=options.average_checkpoints,
+    )
     search = run.search_config(decode_options, restored)
     limit = run.max_source_length(decode_options, restored)
     first = restored[0]
@@ -101,14 +109,14 @@ def export_translator(options: ExportOptions) -> dict[str, Any]:
     params = tuple(r.params for r in restored)
     leaves, treedef = jax.tree.flatten(params)
 
-    def translate(weights: list[jax.Array], inputs: jax.Array, limits: jax.Array,
-                  alpha: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def translate(
+        weights: list[jax.Array], inputs: jax.Array, limits: jax.Array, alpha: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         keys = jnp.zeros((inputs.shape[0], 2), jnp.uint32)  # Searches draw no random numbers.
         outputs = search_fn(jax.tree.unflatten(treedef, weights), inputs, limits, keys, alpha)
         return outputs[0], outputs[1], outputs[2]
 
-    rows: Any = (jax.export.symbolic_shape("b")[0] if options.symbolic_batch
-                 else options.batch_size)
+    rows: Any = jax.export.symbolic_shape("b")[0] if options.symbolic_batch else options.batch_size
     weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
     widths = bucket_widths(limit)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -117,29 +125,52 @@ def export_translator(options: ExportOptions) -> dict[str, Any]:
         programs, start = [], time.perf_counter()
         for width in widths:
             exported = jax.export.export(jax.jit(translate))(
-                weight_specs, jax.ShapeDtypeStruct((rows, width), jnp.int32),
-                jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
+                weight_specs,
+                jax.ShapeDtypeStruct((rows, width), jnp.int32),
+                jax.ShapeDtypeStruct((rows,), jnp.int32),
+                jax.ShapeDtypeStruct((), jnp.float32),
+            )
             (tmp / fmt.program_filename(width)).write_bytes(exported.serialize())
-            programs.append({"width": width, "file": fmt.program_filename(width),
-                             **fmt.program_signature(
-                                 "b" if options.symbolic_batch else options.batch_size, width,
-                                 search.max_length)})
+            programs.append(
+                {
+                    "width": width,
+                    "file": fmt.program_filename(width),
+                    **fmt.program_signature(
+                        "b" if options.symbolic_batch else options.batch_size,
+                        width,
+                        search.max_length,
+                    ),
+                }
+            )
         stored, entries = zip(*(fmt.leaf_to_numpy(x) for x in leaves), strict=True)
         np.savez(tmp / fmt.WEIGHTS_FILENAME, **{f"leaf_{k:05d}": a for k, a in enumerate(stored)})
-        shutil.copytree(Path(workdirs[0]) / workdir_lib.TOKENIZER_DIRNAME,
-                        tmp / fmt.TOKENIZER_DIRNAME)
+        shutil.copytree(
+            Path(workdirs[0]) / workdir_lib.TOKENIZER_DIRNAME, tmp / fmt.TOKENIZER_DIRNAME
+        )
         manifest = {
-            "format": fmt.FORMAT, "version": fmt.FORMAT_VERSION,
-            "platforms": list(exported.platforms), "jax_version": jax.__version__,
-            "search": {**{k: getattr(search, k) for k in fmt.SEARCH_FIELDS},
-                       "mode": search.mode},
+            "format": fmt.FORMAT,
+            "version": fmt.FORMAT_VERSION,
+            "platforms": list(exported.platforms),
+            "jax_version": jax.__version__,
+            "search": {**{k: getattr(search, k) for k in fmt.SEARCH_FIELDS}, "mode": search.mode},
             "dtype": first.model_config.dtype,
-            "batch_size": options.batch_size, "symbolic_batch": options.symbolic_batch,
-            "max_source_length": limit, "widths": list(widths), "bos_id": bos_id,
-            "eos_id": eos_id, "programs": programs, "weights": list(entries),
-            "models": [{"workdir": str(Path(w).absolute()), "config_sha256": config_sha256(w),
-                        "checkpoint_step": r.step, "family": type(r.model).__name__}
-                       for w, r in zip(workdirs, restored, strict=True)],
+            "batch_size": options.batch_size,
+            "symbolic_batch": options.symbolic_batch,
+            "max_source_length": limit,
+            "widths": list(widths),
+            "bos_id": bos_id,
+            "eos_id": eos_id,
+            "programs": programs,
+            "weights": list(entries),
+            "models": [
+                {
+                    "workdir": str(Path(w).absolute()),
+                    "config_sha256": config_sha256(w),
+                    "checkpoint_step": r.step,
+                    "family": type(r.model).__name__,
+                }
+                for w, r in zip(workdirs, restored, strict=True)
+            ],
         }
         (tmp / fmt.MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if output.exists():
@@ -148,9 +179,16 @@ def export_translator(options: ExportOptions) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("exported %d program(s) (%s, %s rows, source widths %s) of step %d to %s in %.1f s",
-             len(programs), search.mode, "any" if options.symbolic_batch else options.batch_size,
-             list(widths), first.step, output, time.perf_counter() - start)
+    log.info(
+        "exported %d program(s) (%s, %s rows, source widths %s) of step %d to %s in %.1f s",
+        len(programs),
+        search.mode,
+        "any" if options.symbolic_batch else options.batch_size,
+        list(widths),
+        first.step,
+        output,
+        time.perf_counter() - start,
+    )
     return manifest
 
 
@@ -179,24 +217,44 @@ def _define_flags() -> None:
     F, D = flags, ExportOptions
     F.DEFINE_string("workdir", None, "Training workdir (DIR1,DIR2,...: an ensemble).")
     F.DEFINE_string("output", None, "Export directory to write (must not exist or be empty).")
-    F.DEFINE_enum("checkpoint", D.checkpoint, ["latest", "best", "averaged"],
-                  "As the decode CLI's --checkpoint.")
+    F.DEFINE_enum(
+        "checkpoint",
+        D.checkpoint,
+        ["latest", "best", "averaged"],
+        "As the decode CLI's --checkpoint.",
+    )
     F.DEFINE_integer("checkpoint_step", None, "Export this step instead of the latest.")
-    F.DEFINE_integer("average_checkpoints", D.average_checkpoints, "Export the mean of the "
-                     "last N kept checkpoints (0 = off).")
+    F.DEFINE_integer(
+        "average_checkpoints",
+        D.average_checkpoints,
+        "Export the mean of the last N kept checkpoints (0 = off).",
+    )
     F.DEFINE_integer("beam_size", None, "Beam size, 1 = greedy (default: config eval.beam_size).")
     F.DEFINE_float("alpha", None, "GNMT length penalty alpha (default: config eval.alpha).")
     F.DEFINE_integer("max_length", None, "Absolute maximum output length, EOS included.")
-    F.DEFINE_float("length_ratio", D.length_ratio, "Per-sentence limit ceil(ratio * source "
-                   "length + offset).")
+    F.DEFINE_float(
+        "length_ratio", D.length_ratio, "Per-sentence limit ceil(ratio * source length + offset)."
+    )
     F.DEFINE_float("length_offset", D.length_offset, "See --length_ratio.")
-    F.DEFINE_integer("max_source_length", None, "Longer inputs are truncated (default: config "
-                     "data.max_source_length; EOS included); sets the bucket widths.")
+    F.DEFINE_integer(
+        "max_source_length",
+        None,
+        "Longer inputs are truncated (default: config "
+        "data.max_source_length; EOS included); sets the bucket widths.",
+    )
     F.DEFINE_integer("batch_size", D.batch_size, "Rows of every exported program.")
-    F.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "Export in this dtype "
-                  "(default: the run's model.dtype).")
-    F.DEFINE_bool("symbolic_batch", D.symbolic_batch, "Export the row count as a symbolic "
-                  "dimension (inputs smaller than --batch_size run on fewer rows).")
+    F.DEFINE_enum(
+        "dtype",
+        None,
+        ["float32", "bfloat16", "float16"],
+        "Export in this dtype (default: the run's model.dtype).",
+    )
+    F.DEFINE_bool(
+        "symbolic_batch",
+        D.symbolic_batch,
+        "Export the row count as a symbolic "
+        "dimension (inputs smaller than --batch_size run on fewer rows).",
+    )
     F.mark_flags_as_required(["workdir", "output"])
 
 

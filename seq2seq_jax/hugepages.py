@@ -69,8 +69,7 @@ def launched_as(module: str, argv: list[str]) -> bool:
     return False
 
 
-def should_reexec(environ: Mapping[str, str], *, system: str, libc: str,
-                  mode: str | None) -> bool:
+def should_reexec(environ: Mapping[str, str], *, system: str, libc: str, mode: str | None) -> bool:
     """Whether re-executing with the tunable can help (see the module docstring)."""
     if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
@@ -92,8 +91,9 @@ def reexec_with_hugepages(module: str) -> None:
     argv = getattr(sys, "orig_argv", None)
     if not argv or not sys.executable or not launched_as(module, argv):
         return
-    if not should_reexec(os.environ, system=platform.system(), libc=platform.libc_ver()[0],
-                         mode=thp_mode()):
+    if not should_reexec(
+        os.environ, system=platform.system(), libc=platform.libc_ver()[0], mode=thp_mode()
+    ):
         return
     env = dict(os.environ, GLIBC_TUNABLES=with_hugetlb(os.environ.get("GLIBC_TUNABLES")))
     sys.stdout.flush()

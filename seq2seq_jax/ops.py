@@ -54,8 +54,13 @@ def first_argmax(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.min(jnp.where(hit, index, size), axis=axis)
 
 
-def accumulate_in_float32(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
-                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+def accumulate_in_float32(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: Any,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
     """`lax.dot_general` that accumulates in float32 and returns the inputs' dtype.
 
     The `dot_general` of the models' Dense layers. In float32 it is the plain product. With
@@ -64,17 +69,24 @@ def accumulate_in_float32(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any
     185 GFLOP/s for float32), and float32 accumulation is the more accurate product too; GPUs and
     TPUs accumulate bf16 products in float32 either way.
     """
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                              preferred_element_type=jnp.float32)
+    out = jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
+    )
     return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
 
 
-def float32_product(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
-                    precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+def float32_product(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: Any,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
     """`lax.dot_general` accumulating and returning float32 (output layers: float32 logits)."""
     del preferred_element_type
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
+    )
 
 
 def top_k(x: jax.Array, k: int, *, block: int = 64) -> tuple[jax.Array, jax.Array]:

@@ -25,7 +25,8 @@ _DEFAULT = "configs/default.py" if Path("configs/default.py").is_file() else str
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", default=_DEFAULT, help_string="Experiment config file[:variant].", lock_config=True)
+    "config", default=_DEFAULT, help_string="Experiment config file[:variant].", lock_config=True
+)
 
 
 def _fail(what: str, error: Exception) -> int:
@@ -90,8 +91,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         where = experiment.config_file_error(_config_arg(argv, _DEFAULT), e)
         if where is not None:
             sys.exit(_fail("", RuntimeError(where)))
-        if not isinstance(e, flags.Error | AttributeError | KeyError | TypeError | ValueError
-                          | OSError):
+        if not isinstance(
+            e, flags.Error | AttributeError | KeyError | TypeError | ValueError | OSError
+        ):
             raise
         key = str(e).strip("\"'")
         culprits = [a for a in argv[1:] if a.startswith("--config") and key and key in a]

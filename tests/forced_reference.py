@@ -14,12 +14,13 @@ import numpy as np
 def _pad(rows: Sequence[np.ndarray]) -> np.ndarray:
     out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
-def teacher_forced_log_probs(model, params, sources: Sequence[np.ndarray],
-                             targets: Sequence[np.ndarray]) -> np.ndarray:
+def teacher_forced_log_probs(
+    model, params, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray]
+) -> np.ndarray:
     """float64 [n, T, V] log-softmax of the teacher-forced logits of n (source, target) pairs,
     padded with 0, the pad id (0) excluded from the softmax as the searches exclude it."""
 
@@ -31,8 +32,9 @@ def teacher_forced_log_probs(model, params, sources: Sequence[np.ndarray],
     return np.asarray(log_probs(_pad(sources), _pad(targets)), np.float64)
 
 
-def forced_scores(members: Sequence[tuple], sources: Sequence[np.ndarray],
-                  targets: Sequence[np.ndarray]) -> np.ndarray:
+def forced_scores(
+    members: Sequence[tuple], sources: Sequence[np.ndarray], targets: Sequence[np.ndarray]
+) -> np.ndarray:
     """log P(target | source) summed over each target's tokens (EOS included) of one model
     (`members = [(model, params)]`) or of the equal-weight ensemble of several: at each position
     the normalised mean of the members' log-probabilities. float64 [n]."""

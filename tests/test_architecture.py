@@ -25,8 +25,16 @@ ALLOWED: dict[str, set[str]] = {
     "decoding": {"ops"},
     "data": {"workdir"},
     "inference": {"models", "decoding", "data", "evaluation", "workdir", "layers", "ops"},
-    "training": {"models", "decoding", "data", "evaluation", "workdir", "inference", "layers",
-                 "ops"},
+    "training": {
+        "models",
+        "decoding",
+        "data",
+        "evaluation",
+        "workdir",
+        "inference",
+        "layers",
+        "ops",
+    },
     "train": {"training", "workdir", "data", "models", "hugepages"},
     "decode": {"inference", "hugepages"},
     "export": {"inference", "workdir", "hugepages"},
@@ -73,15 +81,18 @@ def package_edges() -> dict[tuple[str, str], list[str]]:
 
 
 def test_every_part_of_the_package_is_placed_in_the_documented_direction():
-    parts = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.suffix == ".py" or (p / "__init__.py").is_file()) and p.name != "__init__.py"
-             and not p.name.startswith("_")}
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").is_file())
+        and p.name != "__init__.py"
+        and not p.name.startswith("_")
+    }
     assert parts == set(ALLOWED), f"parts without a documented place: {parts ^ set(ALLOWED)}"
 
 
 def test_no_import_against_the_documented_direction():
-    bad = {f"{a} -> {b}": files for (a, b), files in package_edges().items()
-           if b not in ALLOWED[a]}
+    bad = {f"{a} -> {b}": files for (a, b), files in package_edges().items() if b not in ALLOWED[a]}
     assert not bad, f"imports against docs/ARCHITECTURE.md's direction: {bad}"
 
 
@@ -111,7 +122,8 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     fake = tmp_path / "seq2seq_jax"
     (fake / "layers").mkdir(parents=True)
     (fake / "layers" / "bad.py").write_text(
-        "def f():\n    from seq2seq_jax.training import loop\n    from ..decoding import beam\n")
+        "def f():\n    from seq2seq_jax.training import loop\n    from ..decoding import beam\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     edges = package_edges()
     assert ("layers", "training") in edges and ("layers", "decoding") in edges
@@ -125,8 +137,7 @@ def docstring_style_problems(path: Path) -> list[str]:
     package's one docstring style)."""
     problems = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                 ast.AsyncFunctionDef)):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         doc = ast.get_docstring(node, clean=False)
         if not doc:
@@ -134,7 +145,7 @@ def docstring_style_problems(path: Path) -> list[str]:
         lines = doc.split("\n")
         for i, line in enumerate(lines[:-1]):
             if line.strip() in SECTION:
-                item = next((x for x in lines[i + 1:] if x.strip()), "")
+                item = next((x for x in lines[i + 1 :] if x.strip()), "")
                 header, indent = len(line) - len(line.lstrip()), len(item) - len(item.lstrip())
                 if indent > header and indent != header + 2:
                     problems.append(f"{path.name}:{node.lineno} {line.strip()}")
@@ -142,8 +153,7 @@ def docstring_style_problems(path: Path) -> list[str]:
 
 
 def test_one_docstring_style():
-    problems = [p for path in sorted(PACKAGE.rglob("*.py")) for p in
-                docstring_style_problems(path)]
+    problems = [p for path in sorted(PACKAGE.rglob("*.py")) for p in docstring_style_problems(path)]
     assert not problems, f"sections not in the 2-space item style: {problems}"
 
 

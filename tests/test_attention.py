@@ -48,8 +48,12 @@ def _np_additive(params, query, keys, values, mask, num_heads, normalize):
     w = _np_softmax_masked(scores, m)
     dv = values.shape[-1] // h
     ctx = np.concatenate(
-        [np.einsum("bts,bsd->btd", w[:, hh], values[..., hh * dv:(hh + 1) * dv])
-         for hh in range(h)], axis=-1)
+        [
+            np.einsum("bts,bsd->btd", w[:, hh], values[..., hh * dv : (hh + 1) * dv])
+            for hh in range(h)
+        ],
+        axis=-1,
+    )
     if query.ndim == 2:
         ctx, w = ctx[:, 0], w[:, :, 0]
     if h == 1:
@@ -145,7 +149,7 @@ def test_masked_keys_get_zero_weight_and_zero_gradient(cls):
 
     def loss(k, v):
         ctx, w = attn.apply(variables, query, k, mask, v)
-        return jnp.sum(jnp.sin(ctx)) + jnp.sum(w ** 2)
+        return jnp.sum(jnp.sin(ctx)) + jnp.sum(w**2)
 
     gk, gv = jax.grad(loss, argnums=(0, 1))(jnp.asarray(keys), jnp.asarray(values))
     _, w = attn.apply(variables, query, keys, mask, values)
@@ -168,8 +172,9 @@ def test_fully_masked_row_zero_context_finite_grads(cls):
     ctx, w = attn.apply(variables, query, keys, mask)
     assert np.all(np.asarray(ctx[0]) == 0.0) and np.all(np.asarray(w[0]) == 0.0)
     assert not np.any(np.isnan(ctx))
-    grads = jax.grad(lambda p, q: jnp.sum(attn.apply(p, q, keys, mask)[0] ** 2),
-                     argnums=(0, 1))(variables, query)
+    grads = jax.grad(lambda p, q: jnp.sum(attn.apply(p, q, keys, mask)[0] ** 2), argnums=(0, 1))(
+        variables, query
+    )
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(grads))
 
 
@@ -183,18 +188,20 @@ def test_dot_product_matches_numpy():
     k = (keys @ p["key_proj"]["kernel"]).reshape(B, S, 2, A // 2)
     scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(A // 2)
     ref_w = _np_softmax_masked(scores, _np_mask(mask, B, 2, T, S))
-    ref_ctx = np.concatenate([ref_w[:, h] @ values[..., h * 4:(h + 1) * 4] for h in range(2)], -1)
+    ref_ctx = np.concatenate([ref_w[:, h] @ values[..., h * 4 : (h + 1) * 4] for h in range(2)], -1)
     np.testing.assert_allclose(w, ref_w, atol=1e-5)
     np.testing.assert_allclose(ctx, ref_ctx, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "query_shape,mask_shape",
-    [((B, DQ), (B, S + 1)),  # wrong source length
-     ((B, DQ), (B + 1, S)),  # wrong batch
-     ((B, T, DQ), (B, T + 1, S)),  # wrong target length
-     ((B, DQ), (B, T, 2, S)),  # wrong rank for a one-step query
-     ((B, T, DQ), (S,))],  # wrong rank
+    [
+        ((B, DQ), (B, S + 1)),  # wrong source length
+        ((B, DQ), (B + 1, S)),  # wrong batch
+        ((B, T, DQ), (B, T + 1, S)),  # wrong target length
+        ((B, DQ), (B, T, 2, S)),  # wrong rank for a one-step query
+        ((B, T, DQ), (S,)),
+    ],  # wrong rank
 )
 def test_bad_mask_shapes_raise_with_shapes_in_message(query_shape, mask_shape):
     attn = AdditiveAttention(attention_dim=A)
@@ -250,7 +257,8 @@ def test_bfloat16_compute_close_to_float32(cls):
     c16, w16 = a16.apply(variables, query, keys, mask)
     assert c16.dtype == jnp.bfloat16 and w16.dtype == jnp.float32
     assert jax.tree.map(lambda x: x.dtype, variables["params"]) == jax.tree.map(
-        lambda x: jnp.dtype(jnp.float32), variables["params"])
+        lambda x: jnp.dtype(jnp.float32), variables["params"]
+    )
     np.testing.assert_allclose(np.asarray(w16), w32, atol=3e-2)
     np.testing.assert_allclose(np.asarray(c16, np.float32), c32, atol=6e-2)
 
@@ -282,8 +290,9 @@ def test_masked_softmax_matches_numpy_and_has_no_nan():
 @pytest.mark.parametrize("num_heads,normalize", [(1, False), (2, True)])
 def test_chunked_equals_naive_outputs_and_gradients(mask_kind, num_heads, normalize):
     query, keys, values, mask = _inputs(10, False, mask_kind=mask_kind, dv=DK)
-    naive = AdditiveAttention(attention_dim=A, num_heads=num_heads, normalize=normalize,
-                              implementation="naive")
+    naive = AdditiveAttention(
+        attention_dim=A, num_heads=num_heads, normalize=normalize, implementation="naive"
+    )
     chunked = naive.clone(implementation="chunked", chunk_size=3)  # T=4: a ragged last chunk
     variables = naive.init(jax.random.PRNGKey(0), query, keys, mask, values)
 
@@ -296,7 +305,8 @@ def test_chunked_equals_naive_outputs_and_gradients(mask_kind, num_heads, normal
     chex.assert_trees_all_close(out_c, out_n, atol=1e-5)
     g_n = jax.grad(lambda *a: loss(naive, *a), argnums=(0, 1, 2, 3))(variables, query, keys, values)
     g_c = jax.grad(lambda *a: loss(chunked, *a), argnums=(0, 1, 2, 3))(
-        variables, query, keys, values)
+        variables, query, keys, values
+    )
     chex.assert_trees_all_close(g_c, g_n, atol=1e-5)
 
 

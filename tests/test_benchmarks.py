@@ -52,13 +52,18 @@ def _jaxpr_matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> float:
     return total
 
 
-@pytest.mark.parametrize("family,overrides", [
-    ("rnnsearch", {}),
-    ("rnnsearch", {"cell_type": "lstm", "encoder_layers": 2, "decoder_layers": 2,
-                   "maxout_size": 6}),
-    ("transformer", {}),
-    ("transformer", {"attention_type": "dot"}),
-])
+@pytest.mark.parametrize(
+    "family,overrides",
+    [
+        ("rnnsearch", {}),
+        (
+            "rnnsearch",
+            {"cell_type": "lstm", "encoder_layers": 2, "decoder_layers": 2, "maxout_size": 6},
+        ),
+        ("transformer", {}),
+        ("transformer", {"attention_type": "dot"}),
+    ],
+)
 def test_analytic_forward_flops_equal_a_count_over_the_jaxpr(family, overrides):
     settings = dataclasses.replace(TINY, batch=3, source_length=7, target_length=5)
     cfg = train_bench.model_config(family, settings, **overrides)
@@ -66,16 +71,17 @@ def test_analytic_forward_flops_equal_a_count_over_the_jaxpr(family, overrides):
         cfg = cfg.replace(attention_dim=0)
     batch = train_bench.reference_batch(settings)
     model = build_model(cfg)
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch["inputs"],
-                               batch["targets"])
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch["inputs"], batch["targets"])
     jaxpr = jax.make_jaxpr(model.apply)(variables, batch["inputs"], batch["targets"])
     counted = _jaxpr_matmul_flops(jaxpr.jaxpr)
-    forward = (flops.rnnsearch_forward_flops if family == "rnnsearch"
-               else flops.transformer_forward_flops)
+    forward = (
+        flops.rnnsearch_forward_flops if family == "rnnsearch" else flops.transformer_forward_flops
+    )
     analytic = forward(cfg, settings.batch, settings.source_length, settings.target_length)
     assert analytic == pytest.approx(counted, rel=1e-9)
-    assert flops.train_flops(cfg, settings.batch, settings.source_length,
-                             settings.target_length) == pytest.approx(3 * counted, rel=1e-9)
+    assert flops.train_flops(
+        cfg, settings.batch, settings.source_length, settings.target_length
+    ) == pytest.approx(3 * counted, rel=1e-9)
 
 
 def test_train_flops_rejects_unknown_model():
@@ -86,12 +92,19 @@ def test_train_flops_rejects_unknown_model():
 
 def test_figure_ratio_is_ours_over_peer_or_inverted_for_costs():
     speed = figure("x/tokens_per_s", 300.0, "tokens/s", peer_value=200.0, batch=4)
-    assert speed == {"name": "x/tokens_per_s", "value": 300.0, "unit": "tokens/s",
-                     "peer_value": 200.0, "ratio": 1.5, "batch": 4}
+    assert speed == {
+        "name": "x/tokens_per_s",
+        "value": 300.0,
+        "unit": "tokens/s",
+        "peer_value": 200.0,
+        "ratio": 1.5,
+        "batch": 4,
+    }
     time = figure("x/step_time", 300.0, "ms", peer_value=600.0, lower_is_better=True)
     assert time["ratio"] == 2.0
     assert "ratio" not in figure("x/y", 1.0, "s") and "ratio" not in figure(
-        "x/y", 1.0, "s", peer_value=0.0)
+        "x/y", 1.0, "s", peer_value=0.0
+    )
 
 
 def test_reference_batch_has_the_peer_shapes_and_padding():
@@ -120,10 +133,12 @@ def test_unknown_group_is_a_usage_error():
 
 
 def test_chunked_attention_compiles_to_a_fraction_of_the_naive_memory():
-    naive = attention_memory.compiled_bytes(attention_memory.CrossAttentionBlock(32, "naive"),
-                                            batch=2, length=64)
+    naive = attention_memory.compiled_bytes(
+        attention_memory.CrossAttentionBlock(32, "naive"), batch=2, length=64
+    )
     chunked = attention_memory.compiled_bytes(
-        attention_memory.CrossAttentionBlock(32, "chunked", chunk_size=4), batch=2, length=64)
+        attention_memory.CrossAttentionBlock(32, "chunked", chunk_size=4), batch=2, length=64
+    )
     tanh_bytes = 2 * 64 * 64 * 32 * 4  # the naive [B, T, S, D] float32 tensor
     assert naive["temp"] >= tanh_bytes
     assert chunked["temp"] * 4 < naive["temp"]
@@ -149,17 +164,31 @@ def _check_records(records: list[dict]) -> None:
 
 
 def test_tiny_run_without_peer_prints_one_json_figure_per_line(tmp_path):
-    records, err = _run_tiny(["--only", "machine,matmul,train,decode", "--models", "rnnsearch",
-                              "--peer-dir", str(tmp_path)])
+    records, err = _run_tiny(
+        [
+            "--only",
+            "machine,matmul,train,decode",
+            "--models",
+            "rnnsearch",
+            "--peer-dir",
+            str(tmp_path),
+        ]
+    )
     _check_records(records)
     names = {r["name"] for r in records}
-    assert {"machine/cpu_cores", "matmul_peak/float32", "train/rnnsearch/tokens_per_s",
-            "train/rnnsearch/step_time", "train/rnnsearch/model_flops_per_step",
-            "train/rnnsearch/fraction_of_matmul_peak", "train/rnnsearch/compile_time",
-            "decode/rnnsearch/greedy/sentences_per_s",
-            f"decode/rnnsearch/beam{TINY.beam_size}/sentences_per_s",
-            "decode/rnnsearch/greedy_bf16/sentences_per_s",
-            f"decode/rnnsearch/beam{TINY.beam_size}_bf16/sentences_per_s"} <= names
+    assert {
+        "machine/cpu_cores",
+        "matmul_peak/float32",
+        "train/rnnsearch/tokens_per_s",
+        "train/rnnsearch/step_time",
+        "train/rnnsearch/model_flops_per_step",
+        "train/rnnsearch/fraction_of_matmul_peak",
+        "train/rnnsearch/compile_time",
+        "decode/rnnsearch/greedy/sentences_per_s",
+        f"decode/rnnsearch/beam{TINY.beam_size}/sentences_per_s",
+        "decode/rnnsearch/greedy_bf16/sentences_per_s",
+        f"decode/rnnsearch/beam{TINY.beam_size}_bf16/sentences_per_s",
+    } <= names
     dtypes = {r["name"]: r["dtype"] for r in records if r["name"].startswith("decode/")}
     assert dtypes["decode/rnnsearch/greedy_bf16/sentences_per_s"] == "bfloat16"
     assert dtypes["decode/rnnsearch/greedy/sentences_per_s"] == "float32"
@@ -181,8 +210,9 @@ def test_peers_off_the_cpu_run_through_the_device_driver(tmp_path, monkeypatch):
     cpu = peer._command("rnnsearch", tmp_path, TINY, cfg, 0)
     assert cpu[1] == str(tmp_path / "torch_rnnsearch.py") and "--device" not in cpu
     for family in ("rnnsearch", "transformer"):
-        cmd = peer._command(family, tmp_path, TINY, train_bench.model_config(family, TINY), 0,
-                            "cuda", "high")
+        cmd = peer._command(
+            family, tmp_path, TINY, train_bench.model_config(family, TINY), 0, "cuda", "high"
+        )
         flag = lambda name, cmd=cmd: cmd[cmd.index(name) + 1]
         assert cmd[1].endswith("torch_transformer_peer.py")
         assert flag("--peer-dir") == str(tmp_path) and flag("--device") == "cuda"

@@ -47,13 +47,19 @@ class Tiny(nn.Module):
 def make_state(seed: int = 0, vocab: int = VOCAB) -> TrainState:
     model = Tiny(vocab)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((2,), jnp.int32))["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(0.05),
-                             rng=jax.random.PRNGKey(100 + seed))
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=optax.adam(0.05), rng=jax.random.PRNGKey(100 + seed)
+    )
 
 
 def make_iterator():
-    return iter(grain.MapDataset.range(200).shuffle(seed=3).map(lambda i: i % VOCAB).batch(4)
-                .to_iter_dataset())
+    return iter(
+        grain.MapDataset.range(200)
+        .shuffle(seed=3)
+        .map(lambda i: i % VOCAB)
+        .batch(4)
+        .to_iter_dataset()
+    )
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -72,8 +78,9 @@ def train_step(state: TrainState, ids):
 
 def leaves_equal(a, b) -> bool:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
-                                      for x, y in zip(la, lb, strict=True))
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True)
+    )
 
 
 def test_async_save_restores_state_and_data_stream_exactly(tmp_path):
@@ -132,8 +139,15 @@ def test_keep_best_keeps_latest_and_never_takes_nan(tmp_path):
 def test_keep_best_min_mode_two_best(tmp_path):
     state = make_state()
     loss = {1: 3.0, 2: 1.0, 3: math.nan, 4: 2.0, 5: 4.0, 6: 5.0}
-    with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=2, best_metric="eval_loss",
-                      best_mode="min", keep_best=2, async_save=False) as ckpt:
+    with Checkpointer(
+        tmp_path,
+        save_every_steps=1,
+        max_to_keep=2,
+        best_metric="eval_loss",
+        best_mode="min",
+        keep_best=2,
+        async_save=False,
+    ) as ckpt:
         for step, value in loss.items():
             ckpt.save(step, state, metrics={"eval_loss": value})
         # The two lowest finite losses (2, 4) plus the two latest (5, 6).
@@ -212,8 +226,11 @@ def test_restore_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         ckpt.restore(make_state())
     ckpt.save(1, make_state())
-    with pytest.raises(ValueError, match=r"Dense_0/kernel: checkpoint shape \(4, 11\) != "
-                                         r"model shape \(4, 13\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Dense_0/kernel: checkpoint shape \(4, 11\) != "
+        r"model shape \(4, 13\)",
+    ):
         ckpt.restore(make_state(vocab=13))
     with pytest.raises(CheckpointError, match="holds no data-iterator state"):
         ckpt.restore(make_state(), data_iterator=make_iterator())
@@ -221,8 +238,11 @@ def test_restore_errors_name_the_problem(tmp_path):
     # Another optimizer than the checkpoint's: its state cannot be restored.
     sgd = make_state().replace(tx=optax.sgd(0.1, momentum=0.9))
     sgd = sgd.replace(opt_state=sgd.tx.init(sgd.params))
-    with pytest.raises(CheckpointError, match=f"cannot restore {step_dir}: its optimizer state "
-                                              "does not match the configured optimizer"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"cannot restore {step_dir}: its optimizer state "
+        "does not match the configured optimizer",
+    ):
         ckpt.restore(sgd)
     chunks = list((step_dir / "state").glob("d/*"))
     assert chunks
@@ -242,7 +262,10 @@ def test_resolve_checkpoint_forms(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     latest = resolve_checkpoint(tmp_path)
     assert (latest.step, latest.workdir, latest.step_dir) == (
-        2, tmp_path.absolute(), tmp_path.absolute() / CHECKPOINT_DIRNAME / "2")
+        2,
+        tmp_path.absolute(),
+        tmp_path.absolute() / CHECKPOINT_DIRNAME / "2",
+    )
     assert latest.config_path == tmp_path.absolute() / "config.json"
     assert latest.tokenizer_dir is None
     assert resolve_checkpoint(tmp_path / CHECKPOINT_DIRNAME, step=1).step == 1

@@ -40,26 +40,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10
 TRAIN_FLAGS = (
-    "--config=configs/default.py:tiny", "--config.progress_bar=False",
-    f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=2", "--config.checkpoint.max_to_keep=10",
-    "--config.eval_every_steps=0", "--config.eval.task_metric=none",
-    "--config.eval.final_split=", "--config.eval.max_batches=1",
+    "--config=configs/default.py:tiny",
+    "--config.progress_bar=False",
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2",
+    "--config.checkpoint.max_to_keep=10",
+    "--config.eval_every_steps=0",
+    "--config.eval.task_metric=none",
+    "--config.eval.final_split=",
+    "--config.eval.max_batches=1",
 )
 
 
 def run_train(workdir: Path, cache: Path, *args: str, flags=TRAIN_FLAGS):
     """Runs the CLI through this file's `__main__`; `args`: faults, then `--`, then flags."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.pop("XLA_FLAGS", None)
     faults = [a for a in args if a.startswith("--sig")]
     extra = [a for a in args if not a.startswith("--sig")]
-    return subprocess.run([sys.executable, __file__, *faults, "--", *flags, *extra,
-                           f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, __file__, *faults, "--", *flags, *extra, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +103,12 @@ def saved_state(workdir: Path, step: int = STEPS) -> dict:
 
     step_dir = workdir / "checkpoints" / str(step)
     metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
-    as_numpy = __import__("jax").tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                          metadata)
+    as_numpy = __import__("jax").tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata
+    )
     state = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+    )
     data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
     return {"state": state, "data": data}
 
@@ -104,8 +120,7 @@ def committed(workdir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path, cache,
-                                                                    reference):
+def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path, cache, reference):
     resumed = tmp_path / "resumed"
     # From the first resume on, an init_checkpoint is given too: the workdir's own checkpoints
     # must take precedence (the bitwise comparison fails if the reference's final params load).
@@ -141,17 +156,23 @@ def test_resume_after_sigterm_and_sigkill_matches_uninterrupted_run(tmp_path, ca
 
 
 FINETUNE_FLAGS = (
-    "--config=configs/finetune.py:tiny", "--config.progress_bar=False",
-    "--config.eval_every_steps=0", "--config.eval.task_metric=none", "--config.eval.final_split=",
-    "--config.eval.max_batches=1", "--config.checkpoint_every_steps=3",
+    "--config=configs/finetune.py:tiny",
+    "--config.progress_bar=False",
+    "--config.eval_every_steps=0",
+    "--config.eval.task_metric=none",
+    "--config.eval.final_split=",
+    "--config.eval.max_batches=1",
+    "--config.checkpoint_every_steps=3",
 )
 
 
 def _flat(tree, prefix: str) -> dict:
     from seq2seq_jax.training.checkpoint import path_str
 
-    return {path_str(p): np.asarray(x)
-            for p, x in __import__("jax").tree_util.tree_flatten_with_path(tree[prefix])[0]}
+    return {
+        path_str(p): np.asarray(x)
+        for p, x in __import__("jax").tree_util.tree_flatten_with_path(tree[prefix])[0]
+    }
 
 
 @pytest.mark.slow
@@ -177,13 +198,19 @@ def test_finetune_restores_params_only_fresh_optimizer_frozen_paths(tmp_path, ca
 @pytest.mark.slow
 def test_missing_init_checkpoint_is_a_one_line_error(tmp_path, cache, reference):
     missing = tmp_path / "no_such_run"
-    proc = run_train(tmp_path / "finetune", cache, f"--config.init_checkpoint={missing}",
-                     f"--config.data.tokenizer_dir={reference}/tokenizer", flags=FINETUNE_FLAGS)
+    proc = run_train(
+        tmp_path / "finetune",
+        cache,
+        f"--config.init_checkpoint={missing}",
+        f"--config.data.tokenizer_dir={reference}/tokenizer",
+        flags=FINETUNE_FLAGS,
+    )
     assert proc.returncode == 1
     last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
     assert last.startswith("seq2seq_jax.train: error:") and str(missing) in last
     assert not (tmp_path / "finetune" / "checkpoints").exists() or not any(
-        (tmp_path / "finetune" / "checkpoints").iterdir())
+        (tmp_path / "finetune" / "checkpoints").iterdir()
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,5 +252,5 @@ if __name__ == "__main__":
 
     from seq2seq_jax import train
 
-    sys.argv = ["seq2seq_jax.train", *sys.argv[split + 1:]]
+    sys.argv = ["seq2seq_jax.train", *sys.argv[split + 1 :]]
     app.run(train.main)

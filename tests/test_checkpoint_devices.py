@@ -27,8 +27,12 @@ def run_legs(tmp_path: Path, devices: int, *legs: tuple) -> list:
     """Runs legs in one process with `devices` CPU devices: `(fsdp, restore_from, save_to)`
     moves a TrainState, `("extend", fsdp, restore_from)` restores params with a larger
     target vocabulary (`extend_vocab`)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     args = [sys.executable, __file__, str(tmp_path), json.dumps(legs)]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -40,8 +44,9 @@ def run_legs(tmp_path: Path, devices: int, *legs: tuple) -> list:
 @pytest.mark.slow
 def test_save_on_1_restore_on_8_fsdp_and_back(tmp_path):
     (one,) = run_legs(tmp_path, 1, (1, None, "one"))
-    eight, dp, extended = run_legs(tmp_path, 8, (4, "one", "eight"), (1, "eight", None),
-                                   ("extend", 4, "one"))
+    eight, dp, extended = run_legs(
+        tmp_path, 8, (4, "one", "eight"), (1, "eight", None), ("extend", 4, "one")
+    )
     assert extended["grown_sharded"]
     assert eight["sharded_leaves"] > 0  # fsdp really shards the restored state
     # The first step after a restore computes the loss the saver computed for that step.
@@ -66,8 +71,16 @@ def _tiny_model(target_vocab: int):
         target_vocab: int = 16
 
         @nn.compact
-        def __call__(self, inputs, targets, inputs_segmentation=None, targets_segmentation=None,
-                     inputs_position=None, targets_position=None, train=False):
+        def __call__(
+            self,
+            inputs,
+            targets,
+            inputs_segmentation=None,
+            targets_segmentation=None,
+            inputs_position=None,
+            targets_position=None,
+            train=False,
+        ):
             source = nn.Embed(24, 16)(inputs).mean(axis=1, keepdims=True)  # [B, 1, 16]
             embedded = nn.Embed(self.target_vocab, 16)(targets)  # [B, T, 16]
             hidden = nn.tanh(nn.Dense(32)(embedded + source))  # [B, T, 32]
@@ -84,7 +97,8 @@ def _build(fsdp: int, seed: int, target_vocab: int = 16):
 
     tx, _ = optim.make_optimizer(optim.default_optimizer_config(), 10)
     state, placement = trainer.init_train_state(
-        _tiny_model(target_vocab), tx, seed=seed, mesh=parallel.make_mesh(fsdp), fsdp_min_size=0)
+        _tiny_model(target_vocab), tx, seed=seed, mesh=parallel.make_mesh(fsdp), fsdp_min_size=0
+    )
     train_step, _ = trainer.make_step_fns(placement)
     rng = np.random.default_rng(0)
     batch = trainer.dummy_batch(6, 5, rows=8)
@@ -124,9 +138,13 @@ def _leg(tmp: Path, fsdp: int, restore_from: str | None, save_to: str | None) ->
         state, _ = train_step(state, batch)
         with Checkpointer(tmp / save_to, save_every_steps=1) as ckpt:
             ckpt.save(int(state.step), state)
-        np.savez(tmp / f"{save_to}.npz", **{
-            path_str(p): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(state.checkpoint_items())[0]})
+        np.savez(
+            tmp / f"{save_to}.npz",
+            **{
+                path_str(p): np.asarray(x)
+                for p, x in jax.tree_util.tree_flatten_with_path(state.checkpoint_items())[0]
+            },
+        )
         _, metrics = train_step(state, batch)
         report["next_loss"] = _loss(metrics)
     return report
@@ -148,17 +166,28 @@ def _extend_leg(tmp: Path, fsdp: int, restore_from: str) -> dict:
         got, fresh = params[first][second], state.params[first][second]
         old = np.take(np.asarray(got), range(16), axis=axis)
         np.testing.assert_array_equal(old, reference[f"params/{path}"])
-        np.testing.assert_array_equal(np.take(np.asarray(got), range(16, 24), axis=axis),
-                                      np.take(np.asarray(fresh), range(16, 24), axis=axis))
+        np.testing.assert_array_equal(
+            np.take(np.asarray(got), range(16, 24), axis=axis),
+            np.take(np.asarray(fresh), range(16, 24), axis=axis),
+        )
         assert got.sharding.is_equivalent_to(fresh.sharding, got.ndim), path
     unchanged = np.asarray(params["Dense_0"]["kernel"])
     np.testing.assert_array_equal(unchanged, reference["params/Dense_0/kernel"])
-    return {"devices": jax.device_count(), "grown_sharded": any(
-        not params[p.split("/")[0]][p.split("/")[1]].sharding.is_fully_replicated
-        for p in grown)}
+    return {
+        "devices": jax.device_count(),
+        "grown_sharded": any(
+            not params[p.split("/")[0]][p.split("/")[1]].sharding.is_fully_replicated for p in grown
+        ),
+    }
 
 
 if __name__ == "__main__":
     tmp_dir, plan = Path(sys.argv[1]), json.loads(sys.argv[2])
-    print(json.dumps([_extend_leg(tmp_dir, *leg[1:]) if leg[0] == "extend" else _leg(tmp_dir, *leg)
-                      for leg in plan]))
+    print(
+        json.dumps(
+            [
+                _extend_leg(tmp_dir, *leg[1:]) if leg[0] == "extend" else _leg(tmp_dir, *leg)
+                for leg in plan
+            ]
+        )
+    )

@@ -43,8 +43,12 @@ def init_params(seed: int = 0, **kw):
 def trained_checkpoint(workdir, steps: int = 3, **kw):
     """A short Adam run saved in `workdir`; returns its final state."""
     model = Tiny(**kw)
-    state = TrainState.create(apply_fn=model.apply, params=init_params(0, **kw),
-                              tx=optax.adam(0.1), rng=jax.random.PRNGKey(0))
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=init_params(0, **kw),
+        tx=optax.adam(0.1),
+        rng=jax.random.PRNGKey(0),
+    )
     ids = jnp.arange(6) % model.vocab
     grad_fn = jax.grad(lambda p: model.apply({"params": p}, ids).sum())
     for _ in range(steps):
@@ -67,8 +71,9 @@ def test_params_only_restore_equal_params_fresh_optimizer(tmp_path):
     step_dir = tmp_path / "pre" / CHECKPOINT_DIRNAME / "3"
     assert_trees_equal(restore_params(step_dir, fresh), saved.params)
     # A fine-tuning state built on them starts its optimizer, step and schedule afresh.
-    state = TrainState.create(apply_fn=Tiny().apply, params=params, tx=optax.adam(0.1),
-                              rng=jax.random.PRNGKey(1))
+    state = TrainState.create(
+        apply_fn=Tiny().apply, params=params, tx=optax.adam(0.1), rng=jax.random.PRNGKey(1)
+    )
     assert int(state.step) == 0
     assert int(state.opt_state[0].count) == 0
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state[0].mu))
@@ -79,13 +84,17 @@ def test_abstract_target_and_sharding(tmp_path):
     saved = trained_checkpoint(tmp_path)
     device = jax.devices()[0]
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=jax.sharding.SingleDeviceSharding(device)),
-        init_params())
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+        ),
+        init_params(),
+    )
     params = restore_params(tmp_path, abstract)
     assert_trees_equal(params, saved.params)
-    assert all(isinstance(x, jax.Array) and x.sharding.device_set == {device}
-               for x in jax.tree.leaves(params))
+    assert all(
+        isinstance(x, jax.Array) and x.sharding.device_set == {device}
+        for x in jax.tree.leaves(params)
+    )
 
 
 def test_frozen_paths_unchanged_after_finetuning(tmp_path):
@@ -95,8 +104,9 @@ def test_frozen_paths_unchanged_after_finetuning(tmp_path):
     config.freeze = "^embed/|^hidden/"
     tx, _ = optim.make_optimizer(config, num_train_steps=10)
     params = restore_params(tmp_path, init_params(seed=9))
-    state = TrainState.create(apply_fn=Tiny().apply, params=params, tx=tx,
-                              rng=jax.random.PRNGKey(0))
+    state = TrainState.create(
+        apply_fn=Tiny().apply, params=params, tx=tx, rng=jax.random.PRNGKey(0)
+    )
     ids = jnp.arange(6) % 11
     grad_fn = jax.jit(jax.grad(lambda p: Tiny().apply({"params": p}, ids).sum()))
     for _ in range(3):
@@ -112,9 +122,11 @@ def test_shape_mismatch_names_path_and_both_shapes(tmp_path):
         restore_params(tmp_path, init_params(vocab=15))
     message = str(error.value)
     assert str(tmp_path / CHECKPOINT_DIRNAME / "3") in message
-    for expected in ("embed/embedding: checkpoint shape (11, 4) != model shape (15, 4)",
-                     "out/kernel: checkpoint shape (5, 11) != model shape (5, 15)",
-                     "out/bias: checkpoint shape (11,) != model shape (15,)"):
+    for expected in (
+        "embed/embedding: checkpoint shape (11, 4) != model shape (15, 4)",
+        "out/kernel: checkpoint shape (5, 11) != model shape (5, 15)",
+        "out/bias: checkpoint shape (11,) != model shape (15,)",
+    ):
         assert expected in message
 
 
@@ -144,11 +156,13 @@ def test_extend_vocab_keeps_old_rows_and_initialises_new_ones(tmp_path):
 def test_extend_vocab_rejects_other_shape_changes(tmp_path):
     trained_checkpoint(tmp_path)
     # A wider embedding is not a vocabulary: embed [11, 4] -> [11, 6] and hidden [4, 5] -> [6, 5].
-    with pytest.raises(ValueError, match=r"hidden/kernel: checkpoint shape \(4, 5\) != model "
-                                         r"shape \(6, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"hidden/kernel: checkpoint shape \(4, 5\) != model "
+        r"shape \(6, 5\)",
+    ):
         restore_params(tmp_path, init_params(emb=6), extend_vocab=True)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            init_params(vocab=15))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init_params(vocab=15))
     with pytest.raises(ValueError, match="extend_vocab needs initialised target parameters"):
         restore_params(tmp_path, abstract, extend_vocab=True)
 
@@ -200,12 +214,19 @@ def test_finetune_config_validates_and_documents_its_commands(variant):
     from seq2seq_jax import models
     from seq2seq_jax.training import trainer
 
-    model = models.build_model(models.ModelConfig.from_config(
-        config.model, source_vocab_size=30, target_vocab_size=20, bos_id=1, eos_id=2))
+    model = models.build_model(
+        models.ModelConfig.from_config(
+            config.model, source_vocab_size=30, target_vocab_size=20, bos_id=1, eos_id=2
+        )
+    )
     batch = trainer.dummy_batch(4, 4)
-    params = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False))["params"]
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False)
+    )["params"]
     assert optim.frozen_paths(params, config.optimizer.freeze) == [
-        "output/bias", "output/kernel", "target_embed/embedding"]
+        "output/bias",
+        "output/kernel",
+        "target_embed/embedding",
+    ]
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("huge")

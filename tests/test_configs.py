@@ -20,10 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SNAPSHOT = Path(__file__).with_name("configs_snapshot.json")
 # (file, variant); the tiny variants must be runnable on 8 devices (global batch % 8 == 0).
-CASES = [("default.py", None), ("default.py", "tiny"), ("multi30k_rnnsearch.py", None),
-         ("multi30k_rnnsearch.py", "fast"), ("multi30k_transformer.py", None),
-         ("multi30k_transformer.py", "fast"), ("wmt14_rnnsearch50.py", None),
-         ("wmt14_rnnsearch50.py", "tiny")]
+CASES = [
+    ("default.py", None),
+    ("default.py", "tiny"),
+    ("multi30k_rnnsearch.py", None),
+    ("multi30k_rnnsearch.py", "fast"),
+    ("multi30k_transformer.py", None),
+    ("multi30k_transformer.py", "fast"),
+    ("wmt14_rnnsearch50.py", None),
+    ("wmt14_rnnsearch50.py", "tiny"),
+]
 
 
 def load(name):
@@ -34,8 +40,10 @@ def load(name):
 
 def test_every_config_file_is_covered():
     assert sorted({name for name, _ in CASES}) == sorted(
-        p.name for p in CONFIGS.glob("*.py") if p.name not in ("finetune.py", "common.py",
-                                                                 "__init__.py"))
+        p.name
+        for p in CONFIGS.glob("*.py")
+        if p.name not in ("finetune.py", "common.py", "__init__.py")
+    )
 
 
 @pytest.mark.parametrize("name, variant", CASES)
@@ -49,11 +57,13 @@ def test_config_validates_and_builds_its_model(name, variant):
     assert config.batch_size % 8 == 0, "global batch must split over 8 devices"
     vocab = config.data.vocab_size if config.data.tokenizer == "sentencepiece" else 64
     model_config = models.ModelConfig.from_config(
-        config.model, source_vocab_size=vocab, target_vocab_size=vocab, bos_id=1, eos_id=2)
+        config.model, source_vocab_size=vocab, target_vocab_size=vocab, bos_id=1, eos_id=2
+    )
     model = models.build_model(model_config)
     batch = trainer.dummy_batch(4, 4)
-    shapes = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False)
+    )
     assert models.count_params(shapes["params"]) > 0
 
 
@@ -61,7 +71,11 @@ def test_rnnsearch50_has_the_papers_sizes():
     config = load("wmt14_rnnsearch50.py").get_config()
     m = config.model
     assert (m.emb_dim, m.encoder_hidden_size, m.decoder_hidden_size, m.maxout_size) == (
-        620, 1000, 1000, 500)
+        620,
+        1000,
+        1000,
+        500,
+    )
     assert config.data.vocab_size == 30000 and config.eval.beam_size == 12
 
 
@@ -108,8 +122,10 @@ def snapshot():
     resolved = {}
     for case in recorded:  # Parents come first (the file is written in that order).
         entry = recorded[case]
-        resolved[case] = {**(resolved[entry["parent"]] if entry["parent"] else {}),
-                          **entry["values"]}
+        resolved[case] = {
+            **(resolved[entry["parent"]] if entry["parent"] else {}),
+            **entry["values"],
+        }
     return resolved
 
 
@@ -127,8 +143,11 @@ def test_configs_resolve_to_the_recorded_values(case):
     expected, got = snapshot()[case], resolve(case)
     shared = sorted(set(expected) & set(got))
     assert len(shared) >= 0.9 * len(expected), sorted(set(expected) - set(got))
-    changed = {k: (expected[k], got[k]) for k in shared
-               if json.dumps(expected[k], default=str) != json.dumps(got[k], default=str)}
+    changed = {
+        k: (expected[k], got[k])
+        for k in shared
+        if json.dumps(expected[k], default=str) != json.dumps(got[k], default=str)
+    }
     assert not changed, f"{case}: key: (recorded, now) {changed}"
 
 
@@ -154,8 +173,11 @@ def test_a_workdir_saved_with_the_removed_eval_split_still_resumes():
 def test_packing_is_rejected_for_rnnsearch_at_config_time():
     config = load("default.py").get_config("tiny")
     config.data.batching = "pack"
-    with pytest.raises(ValueError, match=r"config\.data\.batching='pack' is not supported by "
-                       r"config\.model\.name='rnnsearch'"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.data\.batching='pack' is not supported by "
+        r"config\.model\.name='rnnsearch'",
+    ):
         experiment.validate_config(config)
     config = load("multi30k_transformer.py").get_config("fast")
     config.data.tokens_per_batch = 0
@@ -170,11 +192,23 @@ def test_config_files_load_by_path_from_another_working_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-        [sys.executable, "-m", "seq2seq_jax.train", f"--config={CONFIGS}/finetune.py:tiny",
-         f"--workdir={tmp_path / 'w'}", "--config.num_train_steps=0"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "seq2seq_jax.train",
+            f"--config={CONFIGS}/finetune.py:tiny",
+            f"--workdir={tmp_path / 'w'}",
+            "--config.num_train_steps=0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert lines[-1] == ("seq2seq_jax.train: error: config.num_train_steps must be >= 1, got 0"
-                         ), proc.stderr[-2000:]
+    assert lines[-1] == ("seq2seq_jax.train: error: config.num_train_steps must be >= 1, got 0"), (
+        proc.stderr[-2000:]
+    )
     assert not (tmp_path / "w").exists()

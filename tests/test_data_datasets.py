@@ -369,9 +369,15 @@ def test_two_processes_preparing_one_dataset_at_once_both_succeed(tmp_path):
         "builder, _, _ = sources.get_builder(c)\n"
         "print(builder.info.splits['train'].num_examples)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]

@@ -129,11 +129,24 @@ def test_pack_is_first_fit_in_stream_order(tfds_dir, tok):
     overrides = dict(max_source_length=24, max_target_length=30)  # Some examples filtered.
     config = make_config(tfds_dir, batching="pack", **overrides)
     packed = list(data.make_train_iterator(config, tok, tok, batch_size=4, seed=9, num_epochs=1))
-    padded = data.make_train_iterator(make_config(tfds_dir, batching="pad", **overrides), tok,
-                                      tok, batch_size=4, seed=9, num_epochs=1)
-    stream = [(s[0], t[0]) for b in padded for s, t in zip(
-        row_examples(b, "inputs", tok.eos_id), row_examples(b, "targets", tok.eos_id),
-        strict=True) if s]
+    padded = data.make_train_iterator(
+        make_config(tfds_dir, batching="pad", **overrides),
+        tok,
+        tok,
+        batch_size=4,
+        seed=9,
+        num_epochs=1,
+    )
+    stream = [
+        (s[0], t[0])
+        for b in padded
+        for s, t in zip(
+            row_examples(b, "inputs", tok.eos_id),
+            row_examples(b, "targets", tok.eos_id),
+            strict=True,
+        )
+        if s
+    ]
     expected, rows, free = [], None, None
     for example in stream:
         need = np.array([len(example[0]), len(example[1])])
@@ -149,8 +162,11 @@ def test_pack_is_first_fit_in_stream_order(tfds_dir, tok):
     assert len(packed) == len(expected) > 1
     for batch, rows in zip(packed, expected, strict=True):
         assert batch["inputs"].shape == (4, 24) and batch["targets"].shape == (4, 30)
-        got = zip(row_examples(batch, "inputs", tok.eos_id),
-                  row_examples(batch, "targets", tok.eos_id), strict=True)
+        got = zip(
+            row_examples(batch, "inputs", tok.eos_id),
+            row_examples(batch, "targets", tok.eos_id),
+            strict=True,
+        )
         for (sources, targets), want in itertools.zip_longest(got, rows, fillvalue=[]):
             assert [s.tolist() for s in sources] == [s.tolist() for s, _ in want]
             assert [t.tolist() for t in targets] == [t.tolist() for _, t in want]
@@ -363,12 +379,16 @@ def test_token_budget_rows_table():
 
 
 def _random_examples(rng, n, max_lengths):
-    return [(np.ones(rng.integers(1, max_lengths[0] + 1), np.int32) * (i + 1),
-             np.ones(rng.integers(1, max_lengths[1] + 1), np.int32) * (i + 1)) for i in range(n)]
+    return [
+        (
+            np.ones(rng.integers(1, max_lengths[0] + 1), np.int32) * (i + 1),
+            np.ones(rng.integers(1, max_lengths[1] + 1), np.int32) * (i + 1),
+        )
+        for i in range(n)
+    ]
 
 
-@pytest.mark.parametrize("seed,padding", [(0, "side"), (1, "side"), (2, "class"),
-                                          (3, "class")])
+@pytest.mark.parametrize("seed,padding", [(0, "side"), (1, "side"), (2, "class"), (3, "class")])
 def test_token_budget_groups_brute_force(seed, padding):
     rng = np.random.default_rng(seed)
     max_lengths = (30, 20)
@@ -384,8 +404,10 @@ def test_token_budget_groups_brute_force(seed, padding):
         longest = [max(len(e[side]) for e in group) for side in (0, 1)]
         assert s >= longest[0] and t >= longest[1]
         if padding == "side":
-            assert (s, t) == tuple(min(min(x for x in lengths if x >= n), m)
-                                   for n, m in zip(longest, max_lengths, strict=True))
+            assert (s, t) == tuple(
+                min(min(x for x in lengths if x >= n), m)
+                for n, m in zip(longest, max_lengths, strict=True)
+            )
         else:  # Both sides padded to the batch's class: one shape per class.
             length = next(x for x in lengths if table[x] == rows and x >= max(longest))
             assert (s, t) == (min(length, 30), min(length, 20))
@@ -402,8 +424,13 @@ def test_token_budget_groups_brute_force(seed, padding):
 
 
 def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
-    config = make_config(tfds_dir, batching="bucket", tokens_per_batch=320,
-                         max_source_length=40, max_target_length=40)
+    config = make_config(
+        tfds_dir,
+        batching="bucket",
+        tokens_per_batch=320,
+        max_source_length=40,
+        max_target_length=40,
+    )
     boundaries = config_lib.length_classes(config)
     assert boundaries == (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)  # Four per octave.
     table = batching.token_budget_rows(boundaries, 320, max_rows=ROWS * 2, multiple=2)
@@ -411,8 +438,9 @@ def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
     kwargs = dict(batch_size=ROWS, seed=3, row_multiple=2)
     per_host = []
     for p in range(2):
-        it = data.make_train_iterator(config, tok, tok, num_epochs=1, process_index=p,
-                                      process_count=2, **kwargs)
+        it = data.make_train_iterator(
+            config, tok, tok, num_epochs=1, process_index=p, process_count=2, **kwargs
+        )
         per_host.append(list(it))
     assert len(per_host[0]) == len(per_host[1])
     seen = collections.Counter()
@@ -423,9 +451,15 @@ def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
         length = max(b0["inputs"].shape[1], b0["targets"].shape[1])
         assert rows in table.values() and rows <= table[length]
         for b in (b0, b1):
-            pairs = [(tok.decode(s[0]), tok.decode(t[0])) for s, t in zip(
-                row_examples(b, "inputs", tok.eos_id), row_examples(b, "targets", tok.eos_id),
-                strict=True) if s]
+            pairs = [
+                (tok.decode(s[0]), tok.decode(t[0]))
+                for s, t in zip(
+                    row_examples(b, "inputs", tok.eos_id),
+                    row_examples(b, "targets", tok.eos_id),
+                    strict=True,
+                )
+                if s
+            ]
             seen.update(pairs)
     assert seen == collections.Counter(texts)
     # Exact resume from a state in the middle of a window (single host).
@@ -440,11 +474,19 @@ def test_token_budget_batches_cover_epoch_resume_and_hosts(tfds_dir, tok):
 
 def test_token_budget_padding_below_fixed_rows(tfds_dir, tok):
     """Token budgets pad less than fixed rows bucketed the old way (target positions)."""
+
     def padding(**overrides):
-        config = make_config(tfds_dir, batching="bucket", max_source_length=40,
-                             max_target_length=40, bucket_window_batches=8, **overrides)
-        batches = list(data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=0,
-                                                num_epochs=1))
+        config = make_config(
+            tfds_dir,
+            batching="bucket",
+            max_source_length=40,
+            max_target_length=40,
+            bucket_window_batches=8,
+            **overrides,
+        )
+        batches = list(
+            data.make_train_iterator(config, tok, tok, batch_size=ROWS, seed=0, num_epochs=1)
+        )
         real = sum(int((b["targets"] != 0).sum()) for b in batches)
         return 1 - real / sum(b["targets"].size for b in batches)
 
@@ -453,10 +495,10 @@ def test_token_budget_padding_below_fixed_rows(tfds_dir, tok):
 
 def test_token_budget_config_errors(tfds_dir):
     with pytest.raises(ValueError, match="tokens_per_batch=64 needs batching='bucket'"):
-        config_lib.validate_data_config(make_config(tfds_dir, batching="pad",
-                                                    tokens_per_batch=64))
+        config_lib.validate_data_config(make_config(tfds_dir, batching="pad", tokens_per_batch=64))
     with pytest.raises(ValueError, match="tokens_per_batch must be an int >= 0"):
         config_lib.validate_data_config(make_config(tfds_dir, tokens_per_batch=-1))
     with pytest.raises(ValueError, match="token_budget_padding must be 'class' or 'side'"):
-        config_lib.validate_data_config(make_config(tfds_dir, tokens_per_batch=64,
-                                                    token_budget_padding="both"))
+        config_lib.validate_data_config(
+            make_config(tfds_dir, tokens_per_batch=64, token_budget_padding="both")
+        )

@@ -23,10 +23,17 @@ PAD, BOS, EOS = 0, 1, 2
 
 def _make_params(seed: int, eos_bias: float = 0.0) -> dict[str, jax.Array]:
     rng = np.random.default_rng(seed)
-    shapes = {"src_emb": (V, D), "emb": (V, D), "w_x": (D, D), "w_h": (D, D), "w_q": (D, D),
-              "w_out": (2 * D, V)}
-    params = {k: jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), jnp.float32)
-              for k, s in shapes.items()}
+    shapes = {
+        "src_emb": (V, D),
+        "emb": (V, D),
+        "w_x": (D, D),
+        "w_h": (D, D),
+        "w_q": (D, D),
+        "w_out": (2 * D, V),
+    }
+    params = {
+        k: jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), jnp.float32) for k, s in shapes.items()
+    }
     params["w_out"] = params["w_out"] * 3.0  # peaky enough that EOS wins now and then
     params["b_out"] = jnp.zeros((V,), jnp.float32).at[EOS].set(eos_bias)
     return params
@@ -37,15 +44,22 @@ def _encode(params, sources: np.ndarray) -> dict[str, jax.Array]:
     mask = jnp.asarray(sources != PAD)
     keys = jnp.tanh(params["src_emb"][jnp.asarray(sources)])  # [B, S, D]
     mean = (keys * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    return {"h": jnp.tanh(mean), "pos": jnp.zeros((len(sources),), jnp.int32), "keys": keys,
-            "mask": mask}
+    return {
+        "h": jnp.tanh(mean),
+        "pos": jnp.zeros((len(sources),), jnp.int32),
+        "keys": keys,
+        "mask": mask,
+    }
 
 
 def _step(params, ids, cache):
     """tokens_to_logits of the toy model: ids [N] -> logits [N, V], attention [N, S], cache."""
     pos = cache["pos"].astype(jnp.float32)[:, None]
-    h = jnp.tanh(params["emb"][ids] @ params["w_x"] + cache["h"] @ params["w_h"]
-                 + 0.3 * jnp.sin(pos * jnp.arange(1, D + 1)))  # [N, D]
+    h = jnp.tanh(
+        params["emb"][ids] @ params["w_x"]
+        + cache["h"] @ params["w_h"]
+        + 0.3 * jnp.sin(pos * jnp.arange(1, D + 1))
+    )  # [N, D]
     scores = jnp.einsum("nsd,nd->ns", cache["keys"], h @ params["w_q"])
     attention = jax.nn.softmax(jnp.where(cache["mask"], scores, -jnp.inf), axis=-1)  # [N, S]
     context = jnp.einsum("ns,nsd->nd", attention, cache["keys"])
@@ -65,10 +79,16 @@ SOURCES = np.array([[3, 4, 4, 2], [4, 2, 0, 0], [3, 3, 2, 0], [4, 3, 3, 2]], np.
 
 @functools.cache
 def _jitted(kind: str, length: int, model: str = "mixed", **static):
-    fn = {"greedy": decoding.greedy_search, "beam": decoding.beam_search,
-          "sample": decoding.sample}[kind]
-    return jax.jit(functools.partial(fn, STEPS[model], bos_id=BOS, eos_id=EOS,
-                                     max_decode_length=length, **static))
+    fn = {
+        "greedy": decoding.greedy_search,
+        "beam": decoding.beam_search,
+        "sample": decoding.sample,
+    }[kind]
+    return jax.jit(
+        functools.partial(
+            fn, STEPS[model], bos_id=BOS, eos_id=EOS, max_decode_length=length, **static
+        )
+    )
 
 
 def _teacher_force(cache, tokens: np.ndarray, model: str = "mixed"):
@@ -84,8 +104,11 @@ def _teacher_force(cache, tokens: np.ndarray, model: str = "mixed"):
         attention.append(np.asarray(step_attention))
     logits = np.stack(logits, 1)
     logits[..., PAD] = -np.inf
-    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
-        -1, keepdims=True)) - logits.max(-1, keepdims=True)
+    log_probs = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     return log_probs, np.stack(attention, 1)
 
 
@@ -163,8 +186,9 @@ def test_greedy_matches_numpy_step_by_step_argmax_and_teacher_forcing():
         assert np.asarray(result.tokens[b, : result.lengths[b]]).tolist() == expected
     _check_attention(cache, result.tokens, result.lengths, np.asarray(result.attention))
     log_probs, _ = _teacher_force(cache, np.asarray(result.tokens))
-    expected_scores = _sequence_log_prob(log_probs, np.asarray(result.tokens),
-                                         np.asarray(result.lengths))
+    expected_scores = _sequence_log_prob(
+        log_probs, np.asarray(result.tokens), np.asarray(result.lengths)
+    )
     np.testing.assert_allclose(result.scores, expected_scores, rtol=1e-5, atol=1e-5)
 
 
@@ -195,12 +219,18 @@ def test_loop_exits_early_once_every_example_has_finished():
         jax.debug.callback(lambda: calls.append(1))
         return _step(params, ids, cache)
 
-    result = jax.jit(functools.partial(decoding.greedy_search, counting_step, bos_id=BOS,
-                                       eos_id=EOS, max_length=6))(_encode(params, SOURCES))
+    result = jax.jit(
+        functools.partial(
+            decoding.greedy_search, counting_step, bos_id=BOS, eos_id=EOS, max_length=6
+        )
+    )(_encode(params, SOURCES))
     assert len(calls) == int(np.max(result.lengths)) < 6
     calls.clear()
-    result = jax.jit(functools.partial(decoding.beam_search, counting_step, beam_size=2, bos_id=BOS,
-                                       eos_id=EOS, max_length=6))(_encode(params, SOURCES))
+    result = jax.jit(
+        functools.partial(
+            decoding.beam_search, counting_step, beam_size=2, bos_id=BOS, eos_id=EOS, max_length=6
+        )
+    )(_encode(params, SOURCES))
     assert 1 <= len(calls) < 6 and (np.asarray(result.lengths) < 6).all()
 
 
@@ -215,8 +245,9 @@ def test_beam_size_one_equals_greedy():
         np.testing.assert_array_equal(beam.tokens, greedy.tokens)
         np.testing.assert_array_equal(beam.lengths, greedy.lengths)
         np.testing.assert_allclose(beam.attention, greedy.attention, atol=1e-6)
-        np.testing.assert_allclose(beam.scores * _gnmt(beam.lengths, alpha), greedy.scores,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            beam.scores * _gnmt(beam.lengths, alpha), greedy.scores, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("model", ["mixed", "eos_heavy"])
@@ -228,7 +259,8 @@ def test_wide_beam_equals_exhaustive_search(alpha, model):
     beam_size = len(_all_hypotheses(3))  # 40
     cache = _encode(MODELS[model], SOURCES)
     result = _jitted("beam", 3, model, beam_size=beam_size)(
-        cache, max_length=jnp.asarray(limits), alpha=alpha)
+        cache, max_length=jnp.asarray(limits), alpha=alpha
+    )
     beams = result.beams
     counts = []
     for b, source in enumerate(SOURCES):
@@ -264,9 +296,12 @@ def test_beam_attention_equals_teacher_forced_attention_of_every_returned_beam()
     beams = result.beams
     k = beams.tokens.shape[1]
     flat_cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), cache)
-    _check_attention(flat_cache, np.asarray(beams.tokens).reshape(-1, 6),
-                     np.asarray(beams.lengths).reshape(-1),
-                     np.asarray(beams.attention).reshape(-1, 6, S))
+    _check_attention(
+        flat_cache,
+        np.asarray(beams.tokens).reshape(-1, 6),
+        np.asarray(beams.lengths).reshape(-1),
+        np.asarray(beams.attention).reshape(-1, 6, S),
+    )
     np.testing.assert_array_equal(result.attention, beams.attention[:, 0])
     scores = np.asarray(beams.scores)
     np.testing.assert_array_equal(scores, -np.sort(-scores, axis=1))  # best first
@@ -304,9 +339,11 @@ def test_samples_follow_the_filtered_distribution():
     count, temperature = 4000, 0.7
     cache = _encode(PARAMS, np.repeat(SOURCES[:1], count, 0))
     sampled = _jitted("sample", 1, temperature=temperature, top_k=3)(
-        cache, jax.random.PRNGKey(0), max_length=1)
-    logits = np.asarray(STEP(jnp.array([BOS], jnp.int32), _encode(PARAMS, SOURCES[:1]))[0][0],
-                        np.float64)
+        cache, jax.random.PRNGKey(0), max_length=1
+    )
+    logits = np.asarray(
+        STEP(jnp.array([BOS], jnp.int32), _encode(PARAMS, SOURCES[:1]))[0][0], np.float64
+    )
     logits[PAD] = -np.inf
     logits[np.argsort(-logits)[3:]] = -np.inf
     probs = np.exp((logits - logits.max()) / temperature)
@@ -383,18 +420,21 @@ def test_contract_violations_raise_clear_errors():
         return logits, attention, dict(new, pos=new["pos"].astype(jnp.float32))
 
     with pytest.raises(ValueError, match="same structure, shapes and dtypes"):
-        decoding.beam_search(float_pos_step, cache, beam_size=2, bos_id=BOS, eos_id=EOS,
-                             max_length=3)
+        decoding.beam_search(
+            float_pos_step, cache, beam_size=2, bos_id=BOS, eos_id=EOS, max_length=3
+        )
     with pytest.raises(ValueError, match="max_decode_length"):
         decoding.greedy_search(STEP, cache, bos_id=BOS, eos_id=EOS, max_length=jnp.ones(4, int))
     with pytest.raises(ValueError, match=r"shape \[B\]"):
-        decoding.greedy_search(STEP, cache, bos_id=BOS, eos_id=EOS, max_length=jnp.ones(3, int),
-                               max_decode_length=4)
+        decoding.greedy_search(
+            STEP, cache, bos_id=BOS, eos_id=EOS, max_length=jnp.ones(3, int), max_decode_length=4
+        )
     with pytest.raises(ValueError, match="beam_size"):
         decoding.beam_search(STEP, cache, beam_size=0, bos_id=BOS, eos_id=EOS, max_length=3)
     with pytest.raises(ValueError, match="top_p"):
-        decoding.sample(STEP, cache, jax.random.PRNGKey(0), bos_id=BOS, eos_id=EOS,
-                        max_length=3, top_p=0.0)
+        decoding.sample(
+            STEP, cache, jax.random.PRNGKey(0), bos_id=BOS, eos_id=EOS, max_length=3, top_p=0.0
+        )
     with pytest.raises(ValueError, match="one key or 4 keys"):
         decoding.per_example_keys(jnp.zeros((3, 2), jnp.uint32), 4)
 
@@ -406,8 +446,13 @@ def test_beam_search_reorders_only_the_cache_leaves_the_step_changes():
 
     beam = 3
     cache = _encode(PARAMS, SOURCES)
-    text = str(jax.make_jaxpr(functools.partial(
-        decoding.beam_search, STEP, beam_size=beam, bos_id=BOS, eos_id=EOS, max_length=4))(cache))
+    text = str(
+        jax.make_jaxpr(
+            functools.partial(
+                decoding.beam_search, STEP, beam_size=beam, bos_id=BOS, eos_id=EOS, max_length=4
+            )
+        )(cache)
+    )
     gathered = set(re.findall(r":([a-z0-9]+\[[\d,]*\]) = gather", text))
     n = len(SOURCES) * beam
     assert f"f32[{n},{D}]" in gathered

@@ -20,13 +20,19 @@ from seq2seq_jax.evaluation import (
 )
 
 HYPS = ["The cat sat on the mat.", "A dog runs in the park!", "", "Zwei Männer  spielen Fußball."]
-REFS = ["The cat is sitting on the mat.", "A dog is running in the park!", "Nothing here.",
-        "Zwei Männer spielen Fußball."]
+REFS = [
+    "The cat is sitting on the mat.",
+    "A dog is running in the park!",
+    "Nothing here.",
+    "Zwei Männer spielen Fußball.",
+]
 REFS2 = ["A cat sat on the mat.", "The dog runs through the park!", "", "Two men play football."]
 
 
-@pytest.mark.parametrize("options", [{}, {"tokenize": "intl"}, {"tokenize": "char"},
-                                     {"lowercase": True, "smooth_method": "floor"}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"tokenize": "intl"}, {"tokenize": "char"}, {"lowercase": True, "smooth_method": "floor"}],
+)
 def test_bleu_equals_sacrebleu(options):
     score, signature = corpus_bleu(HYPS, REFS, **options)
     metric = sacrebleu.BLEU(**options)
@@ -42,8 +48,9 @@ def test_bleu_and_chrf_with_two_reference_streams_equal_sacrebleu():
     assert score == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, REFS2]).score, abs=1e-9)
     assert "nrefs:2" in signature
     chrf, chrf_signature = corpus_chrf(HYPS, [REFS, REFS2], word_order=2)
-    assert chrf == pytest.approx(sacrebleu.CHRF(word_order=2).corpus_score(
-        HYPS, [REFS, REFS2]).score, abs=1e-9)
+    assert chrf == pytest.approx(
+        sacrebleu.CHRF(word_order=2).corpus_score(HYPS, [REFS, REFS2]).score, abs=1e-9
+    )
     assert "nw:2" in chrf_signature and "nrefs:2" in chrf_signature
 
 
@@ -101,15 +108,19 @@ def test_plot_attention_writes_a_png_that_grows_with_the_sentences(tmp_path):
     assert width == pytest.approx(100 * (2.6 + 0.35 * len(source)), abs=2)
     assert height == pytest.approx(100 * (1.6 + 0.35 * len(output)), abs=2)
     long_output = output * 5
-    big = plot_attention(np.tile(weights, (5, 1)), source, long_output, tmp_path / "big.png",
-                         title="sentence 0")
+    big = plot_attention(
+        np.tile(weights, (5, 1)), source, long_output, tmp_path / "big.png", title="sentence 0"
+    )
     assert _png_size(big)[1] > height and _png_size(big)[0] == width
 
 
 def test_plot_attention_rejects_mismatched_shapes(tmp_path):
     weights = np.full((3, 4), 0.25)
-    with pytest.raises(ValueError, match=r"bad\.png\): attention weights have shape \(3, 4\) but "
-                                         r"there are 2 output tokens and 4 source tokens"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad\.png\): attention weights have shape \(3, 4\) but "
+        r"there are 2 output tokens and 4 source tokens",
+    ):
         plot_attention(weights, list("abcd"), ["x", "y"], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="must be 2-D"):
         plot_attention(np.ones(4), list("abcd"), ["x"], tmp_path / "bad.png")
@@ -122,9 +133,10 @@ def test_plot_attention_rejects_mismatched_shapes(tmp_path):
 
 def test_alignments_jsonl_round_trip_and_errors(tmp_path):
     rng = np.random.default_rng(1)
-    records = [AlignmentRecord(0, ["a", "b", "c"], ["x", "</s>"], rng.random((2, 3))),
-               {"index": 5, "source_tokens": ["ü"], "output_tokens": ["y"],
-                "weights": [[1.0]]}]
+    records = [
+        AlignmentRecord(0, ["a", "b", "c"], ["x", "</s>"], rng.random((2, 3))),
+        {"index": 5, "source_tokens": ["ü"], "output_tokens": ["y"], "weights": [[1.0]]},
+    ]
     path = tmp_path / "out" / "align.jsonl"
     assert write_alignments_jsonl(path, records) == 2
     lines = path.read_text(encoding="utf-8").splitlines()

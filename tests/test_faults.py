@@ -92,17 +92,27 @@ def test_kill_choices_can_all_still_fire(tmp_path):
 
 def run_cli(*args: str, module: str = "seq2seq_jax.train", stdin: str | None = None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("body,kind", [
-    ("def get_config(arg=None):\n    return 1 / 0\n", "ZeroDivisionError"),
-    ("def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n", "RuntimeError"),
-    ("import no_such_module_xyz\n", "ModuleNotFoundError"),
-    ("def get_config(arg=None):\n    return (\n", "SyntaxError"),
-    ("def get_config(arg=None):\n    raise ValueError('bad variant')\n", "ValueError"),
-])
+@pytest.mark.parametrize(
+    "body,kind",
+    [
+        ("def get_config(arg=None):\n    return 1 / 0\n", "ZeroDivisionError"),
+        ("def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n", "RuntimeError"),
+        ("import no_such_module_xyz\n", "ModuleNotFoundError"),
+        ("def get_config(arg=None):\n    return (\n", "SyntaxError"),
+        ("def get_config(arg=None):\n    raise ValueError('bad variant')\n", "ValueError"),
+    ],
+)
 def test_config_file_that_raises_is_a_one_line_error(tmp_path, body, kind):
     config = tmp_path / "broken.py"
     config.write_text("# A user's config.\n" + body)
@@ -127,8 +137,12 @@ def test_malformed_config_json_names_the_file(tmp_path):
 
 def test_decode_max_length_zero_is_rejected(tmp_path, root, cache):
     workdir = soak.reference_run(root, cache)
-    proc = run_cli(f"--workdir={workdir}", "--max_length=0", module="seq2seq_jax.decode",
-                   stdin="Saturday 9 May 2018\n")
+    proc = run_cli(
+        f"--workdir={workdir}",
+        "--max_length=0",
+        module="seq2seq_jax.decode",
+        stdin="Saturday 9 May 2018\n",
+    )
     assert proc.returncode != 0
     assert "--max_length must be >= 1" in proc.stderr
 
@@ -168,14 +182,22 @@ def test_config_history_keeps_every_earlier_version(tmp_path):
 def test_workdir_lock_is_exclusive_and_released_by_process_death(tmp_path):
     from seq2seq_jax.training import experiment
 
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from seq2seq_jax.training.experiment import WorkdirLock
         WorkdirLock({str(tmp_path)!r}).acquire()
         print("held", flush=True)
         time.sleep(600)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RuntimeError, match=f"pid {holder.pid}") as info:
         experiment.WorkdirLock(tmp_path).acquire()
@@ -192,15 +214,17 @@ def test_preset_names_work_as_model_name(tmp_path):
     section = default_model_config("rnnsearch")
     section.name = "rnnsearch_reference"
     section.dropout_rate = 0.3  # Set on purpose: kept.
-    config = ModelConfig.from_config(section, source_vocab_size=50, target_vocab_size=50,
-                                     bos_id=1, eos_id=2)
+    config = ModelConfig.from_config(
+        section, source_vocab_size=50, target_vocab_size=50, bos_id=1, eos_id=2
+    )
     assert config.name == "rnnsearch"
     assert (config.emb_dim, config.decoder_hidden_size, config.attention_dim) == (256, 512, 512)
     assert config.dropout_rate == 0.3
     section.name = "rnnsearch_magic"
     with pytest.raises(ValueError, match="rnnsearch_reference"):
-        ModelConfig.from_config(section, source_vocab_size=50, target_vocab_size=50, bos_id=1,
-                                eos_id=2)
+        ModelConfig.from_config(
+            section, source_vocab_size=50, target_vocab_size=50, bos_id=1, eos_id=2
+        )
 
 
 def test_nothing_read_from_a_workdir_unpickles(tmp_path, root, cache):
@@ -214,8 +238,11 @@ def test_nothing_read_from_a_workdir_unpickles(tmp_path, root, cache):
 
     workdir = tmp_path / "copy"
     shutil.copytree(soak.reference_run(root, cache), workdir)
-    flags = [*soak.TRAIN_FLAGS, f"--config.num_train_steps={soak.STEPS + 1}",
-             f"--workdir={workdir}"]
+    flags = [
+        *soak.TRAIN_FLAGS,
+        f"--config.num_train_steps={soak.STEPS + 1}",
+        f"--workdir={workdir}",
+    ]
     script = textwrap.dedent(f"""
         import sys, traceback
         events = []
@@ -238,8 +265,14 @@ def test_nothing_read_from_a_workdir_unpickles(tmp_path, root, cache):
         print("events", events)
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Resuming from" in proc.stderr
     assert proc.stdout.strip().endswith("events []"), proc.stdout
@@ -262,7 +295,10 @@ def test_package_source_has_no_code_executing_readers():
                 offenders.append(f"{path}:{node.lineno} imports {names}")
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("eval", "exec"):
                 offenders.append(f"{path}:{node.lineno} calls {node.func.id}")
-            if isinstance(node, ast.keyword) and node.arg == "allow_pickle" and getattr(
-                    node.value, "value", False) is True:
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "allow_pickle"
+                and getattr(node.value, "value", False) is True
+            ):
                 offenders.append(f"{path}:{node.lineno} allow_pickle=True")
     assert offenders == []

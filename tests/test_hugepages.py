@@ -28,8 +28,10 @@ def test_should_reexec_only_where_it_helps():
 def test_with_hugetlb_keeps_other_tunables():
     assert hugepages.with_hugetlb(None) == "glibc.malloc.hugetlb=1"
     assert hugepages.with_hugetlb("") == "glibc.malloc.hugetlb=1"
-    assert (hugepages.with_hugetlb("glibc.malloc.arena_max=2")
-            == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    assert (
+        hugepages.with_hugetlb("glibc.malloc.arena_max=2")
+        == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    )
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):
@@ -41,11 +43,13 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert hugepages.thp_mode(tmp_path / "missing") is None
 
 
-PROBE = ("import os, sys\n"
-         "from seq2seq_jax.hugepages import reexec_with_hugepages\n"
-         "print('start', sys.argv[1:], flush=True)\n"
-         "reexec_with_hugepages('hugepage_probe')\n"
-         "print('tunables', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n")
+PROBE = (
+    "import os, sys\n"
+    "from seq2seq_jax.hugepages import reexec_with_hugepages\n"
+    "print('start', sys.argv[1:], flush=True)\n"
+    "reexec_with_hugepages('hugepage_probe')\n"
+    "print('tunables', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
+)
 
 
 def _run(tmp_path, env_update, how="module"):
@@ -54,8 +58,15 @@ def _run(tmp_path, env_update, how="module"):
     env.pop("GLIBC_TUNABLES", None)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     start = ["-m", "hugepage_probe"] if how == "module" else ["-c", PROBE]
-    return subprocess.run([sys.executable, *start, "a b", "--flag=1"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
+    return subprocess.run(
+        [sys.executable, *start, "a b", "--flag=1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
 
 
 def test_launched_as_recognises_only_python_dash_m_of_that_module():
@@ -67,14 +78,20 @@ def test_launched_as_recognises_only_python_dash_m_of_that_module():
     assert not hugepages.launched_as("pkg.train", ["python"])
 
 
-@pytest.mark.skipif(not hugepages.should_reexec(
-    {}, system=platform.system(), libc=platform.libc_ver()[0], mode=hugepages.thp_mode()),
-    reason="re-exec only happens on Linux/glibc with transparent huge pages in madvise mode")
+@pytest.mark.skipif(
+    not hugepages.should_reexec(
+        {}, system=platform.system(), libc=platform.libc_ver()[0], mode=hugepages.thp_mode()
+    ),
+    reason="re-exec only happens on Linux/glibc with transparent huge pages in madvise mode",
+)
 def test_reexec_runs_the_same_command_line_once_with_the_tunable(tmp_path):
     out = _run(tmp_path, {}).splitlines()
     # The module starts twice (the exec), the second time with the tunable; arguments intact.
-    assert out == ["start ['a b', '--flag=1']", "start ['a b', '--flag=1']",
-                   "tunables glibc.malloc.hugetlb=1 ['a b', '--flag=1']"]
+    assert out == [
+        "start ['a b', '--flag=1']",
+        "start ['a b', '--flag=1']",
+        "tunables glibc.malloc.hugetlb=1 ['a b', '--flag=1']",
+    ]
 
 
 def test_no_reexec_when_opted_out_or_not_started_as_the_module(tmp_path):

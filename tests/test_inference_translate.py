@@ -91,10 +91,12 @@ def _restored(name="rnnsearch", **config_overrides) -> RestoredModel:
     for key, value in config_overrides.items():
         section, field = key.split(".")
         config[section][field] = value
-    model_config = models.ModelConfig.from_config(config.model, source_vocab_size=10,
-                                                  target_vocab_size=10, bos_id=1, eos_id=2)
-    return RestoredModel(config, model_config, models.build_model(model_config), None, None,
-                         None, 0, None)
+    model_config = models.ModelConfig.from_config(
+        config.model, source_vocab_size=10, target_vocab_size=10, bos_id=1, eos_id=2
+    )
+    return RestoredModel(
+        config, model_config, models.build_model(model_config), None, None, None, 0, None
+    )
 
 
 def test_search_options_come_from_flags_then_config_then_defaults():
@@ -106,8 +108,9 @@ def test_search_options_come_from_flags_then_config_then_defaults():
     sampled = run_lib.search_config(run_lib.DecodeOptions(workdir="w", sample=True), restored)
     assert sampled.mode == "sample" and sampled.beam_size == 1
     with pytest.raises(ValueError, match="beam_size=5"):
-        run_lib.search_config(run_lib.DecodeOptions(workdir="w", sample=True, beam_size=5),
-                              restored)
+        run_lib.search_config(
+            run_lib.DecodeOptions(workdir="w", sample=True, beam_size=5), restored
+        )
     with pytest.raises(ValueError, match="top_p"):
         run_lib.search_config(run_lib.DecodeOptions(workdir="w", top_p=0.0), restored)
     del restored.config.eval["beam_size"]  # An older run's config: the CLI's default beam.
@@ -116,24 +119,33 @@ def test_search_options_come_from_flags_then_config_then_defaults():
 
 
 def test_transformer_lengths_are_capped_by_its_positions():
-    restored = _restored("transformer", **{"model.max_len": 24, "data.max_target_length": 64,
-                                          "data.max_source_length": 20})
+    restored = _restored(
+        "transformer",
+        **{"model.max_len": 24, "data.max_target_length": 64, "data.max_source_length": 20},
+    )
     assert run_lib.search_config(run_lib.DecodeOptions(workdir="w"), restored).max_length == 24
     with pytest.raises(ValueError, match="--max_length=30 exceeds the model's max_len 24"):
         run_lib.search_config(run_lib.DecodeOptions(workdir="w", max_length=30), restored)
     assert run_lib.max_source_length(run_lib.DecodeOptions(workdir="w"), restored) == 20
     with pytest.raises(ValueError, match="--max_source_length=25"):
-        run_lib.max_source_length(run_lib.DecodeOptions(workdir="w", max_source_length=25),
-                                  restored)
+        run_lib.max_source_length(
+            run_lib.DecodeOptions(workdir="w", max_source_length=25), restored
+        )
 
 
 @pytest.fixture(scope="module")
 def random_model():
     tok = CharTokenizer.train(["abcdefgh 0123456789"])
-    config = models.ModelConfig(source_vocab_size=tok.vocab_size,
-                                target_vocab_size=tok.vocab_size, bos_id=tok.bos_id,
-                                eos_id=tok.eos_id, emb_dim=8, encoder_hidden_size=8,
-                                decoder_hidden_size=16, deterministic=True)
+    config = models.ModelConfig(
+        source_vocab_size=tok.vocab_size,
+        target_vocab_size=tok.vocab_size,
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        emb_dim=8,
+        encoder_hidden_size=8,
+        decoder_hidden_size=16,
+        deterministic=True,
+    )
     model = models.build_model(config)
     params = models.init_variables(model, jax.random.PRNGKey(3))["params"]
     return model, params, tok
@@ -141,8 +153,14 @@ def random_model():
 
 def _translator(random_model, batch_size: int, **search) -> BatchTranslator:
     model, _, tok = random_model
-    return BatchTranslator(model, SearchConfig(max_length=16, **search), source_tokenizer=tok,
-                           target_tokenizer=tok, max_source_length=8, batch_size=batch_size)
+    return BatchTranslator(
+        model,
+        SearchConfig(max_length=16, **search),
+        source_tokenizer=tok,
+        target_tokenizer=tok,
+        max_source_length=8,
+        batch_size=batch_size,
+    )
 
 
 SOURCES = ["ab 12", "", "h", "0 9 a", "abcdefgh0"]  # The last one is over-long (10 > 8).
@@ -204,21 +222,43 @@ def test_search_defaults_are_declared_once_in_search_config():
 
     defaults = SearchConfig()
     options = run_lib.DecodeOptions(workdir="w")
-    for name in ("length_ratio", "length_offset", "sample", "temperature", "top_k", "top_p",
-                 "seed", "nbest"):
+    for name in (
+        "length_ratio",
+        "length_offset",
+        "sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "nbest",
+    ):
         assert getattr(options, name) == getattr(defaults, name), name
     eval_cfg = experiment.default_eval_config()
     assert (eval_cfg.beam_size, eval_cfg.alpha) == (defaults.beam_size, defaults.alpha)
     beam = inspect.signature(decoding.beam_search).parameters
     assert beam["alpha"].default == defaults.alpha
     limit = inspect.signature(decoding.max_length_from_source).parameters
-    assert (limit["a"].default, limit["b"].default) == (defaults.length_ratio,
-                                                         defaults.length_offset)
+    assert (limit["a"].default, limit["b"].default) == (
+        defaults.length_ratio,
+        defaults.length_offset,
+    )
     from seq2seq_jax import decode  # noqa: F401  (defines the flags)
 
-    for name in ("length_ratio", "length_offset", "temperature", "top_k", "top_p", "seed",
-                 "batch_size", "num_plots", "nbest", "nbest_format", "score_format",
-                 "alignment_format", "stream"):
+    for name in (
+        "length_ratio",
+        "length_offset",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "batch_size",
+        "num_plots",
+        "nbest",
+        "nbest_format",
+        "score_format",
+        "alignment_format",
+        "stream",
+    ):
         assert absl_flags.FLAGS[name].default == getattr(options, name), name
 
 
@@ -244,11 +284,20 @@ def test_search_config_from_an_experiment_config():
 @pytest.fixture(scope="module")
 def transformer_model(random_model):
     tok = random_model[2]
-    config = models.ModelConfig(name="transformer", source_vocab_size=tok.vocab_size,
-                                target_vocab_size=tok.vocab_size, bos_id=tok.bos_id,
-                                eos_id=tok.eos_id, emb_dim=8, num_heads=2, mlp_dim=16,
-                                encoder_layers=1, decoder_layers=1, max_len=32,
-                                deterministic=True)
+    config = models.ModelConfig(
+        name="transformer",
+        source_vocab_size=tok.vocab_size,
+        target_vocab_size=tok.vocab_size,
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        emb_dim=8,
+        num_heads=2,
+        mlp_dim=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        max_len=32,
+        deterministic=True,
+    )
     model = models.build_model(config)
     return model, models.init_variables(model, jax.random.PRNGKey(5))["params"], tok
 
@@ -276,16 +325,20 @@ def test_nbest_and_forced_scores(family, dtype, random_model, transformer_model)
     sources = SOURCES + [SOURCES[i] for i, _ in hyps]
     targets = [t.output_ids for t in greedy] + [h.output_ids for _, h in hyps]
     forced = _translator((model, params, tok), 4).score(params, sources, targets)
-    for g, f in zip(greedy, forced[:len(SOURCES)], strict=True):  # Greedy's own score.
+    for g, f in zip(greedy, forced[: len(SOURCES)], strict=True):  # Greedy's own score.
         assert f.score == pytest.approx(g.score, rel=1e-6, abs=1e-5) and g.log_prob == g.score
         assert f.truncated == g.truncated and f.output_ids.size == g.output_ids.size
-    for (_, h), f in zip(hyps, forced[len(SOURCES):], strict=True):
-        assert h.log_prob == pytest.approx(h.score * ((5 + len(h.output_ids)) / 6) ** 0.6,
-                                           rel=1e-6)
+    for (_, h), f in zip(hyps, forced[len(SOURCES) :], strict=True):
+        assert h.log_prob == pytest.approx(h.score * ((5 + len(h.output_ids)) / 6) ** 0.6, rel=1e-6)
         assert h.log_prob == pytest.approx(f.score, rel=1e-5, abs=1e-4)
     real = [f for f in forced if f.output_ids.size]
-    np.testing.assert_allclose([f.score for f in real], forced_scores(
-        [(model, params)], [f.source_ids for f in real], [f.output_ids for f in real]), **tol)
+    np.testing.assert_allclose(
+        [f.score for f in real],
+        forced_scores(
+            [(model, params)], [f.source_ids for f in real], [f.output_ids for f in real]
+        ),
+        **tol,
+    )
 
 
 def test_mixed_family_ensemble_averages_log_probabilities(random_model, transformer_model):
@@ -298,18 +351,26 @@ def test_mixed_family_ensemble_averages_log_probabilities(random_model, transfor
     modules, params = [m for m, _ in members], [p for _, p in members]
     greedy = _translator((modules, None, random_model[2]), 4).translate(params, SOURCES)
     sampled = _translator((modules, None, random_model[2]), 4, sample=True, seed=3).translate(
-        params, SOURCES)
+        params, SOURCES
+    )
     scored = _translator((modules, None, random_model[2]), 4).score(
-        params, SOURCES, ["12", "", "a", "", "0"])
+        params, SOURCES, ["12", "", "a", "", "0"]
+    )
     eos = random_model[2].eos_id  # A blank source is not scored; a blank target is EOS alone.
     assert scored[1].output_ids.size == 0 and scored[3].output_ids.tolist() == [eos]
     assert scored[2].output_ids.tolist() == [*random_model[2].encode("a"), eos]
     real = [t for t in [*greedy, *sampled, *scored] if t.output_ids.size]
-    np.testing.assert_allclose([t.score for t in real], forced_scores(
-        members, [t.source_ids for t in real], [t.output_ids for t in real]),
-        rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        [t.score for t in real],
+        forced_scores(members, [t.source_ids for t in real], [t.output_ids for t in real]),
+        rtol=1e-5,
+        atol=1e-4,
+    )
     with pytest.raises(ValueError, match="2 models needs as many parameter trees, got 1"):
         _translator((modules, None, random_model[2]), 4).translate(params[:1], SOURCES)
-    with pytest.raises(ValueError, match=r"^line 2: the target has 41 tokens \(EOS included\), "
-                       "more than the model's max_len 32$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^line 2: the target has 41 tokens \(EOS included\), "
+        "more than the model's max_len 32$",
+    ):
         _translator((modules, None, random_model[2]), 4).score(params, ["a", "b"], ["", "0" * 40])

@@ -54,8 +54,9 @@ def _np_encoder(cell_type, params, x, lengths, hidden, layers):
         seq = x[b, :n]
         for layer in range(layers):
             fwd, _ = _np_direction(cell_type, params[f"layer_{layer}_fwd"]["cell"], seq, hidden)
-            bwd, _ = _np_direction(cell_type, params[f"layer_{layer}_bwd"]["cell"], seq[::-1],
-                                   hidden)
+            bwd, _ = _np_direction(
+                cell_type, params[f"layer_{layer}_bwd"]["cell"], seq[::-1], hidden
+            )
             seq = np.concatenate([fwd, bwd[::-1]], -1)
         out[b, :n] = seq
     return out
@@ -108,8 +109,12 @@ def test_cell_parameter_layout_matches_torch_convention():
     want = {"input": {"bias": (12,), "kernel": (5, 12)}}
     assert jax.tree.map(jnp.shape, shapes["params"]) == want
     with pytest.raises(ValueError, match="cell_type='rnn'"):
-        jax.eval_shape(RecurrentCell("rnn", 4).init, jax.random.PRNGKey(0), jnp.zeros((1, 4)),
-                       jnp.zeros((1, 12)))
+        jax.eval_shape(
+            RecurrentCell("rnn", 4).init,
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, 4)),
+            jnp.zeros((1, 12)),
+        )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")

@@ -51,8 +51,9 @@ def test_segment_mask_shape_errors():
 
 def test_combine_packed_causal_self_attention():
     seg = jnp.array([[1, 1, 1, 2, 2, 0]])
-    combined = masks.combine(masks.segment_mask(seg, seg), masks.causal_mask(6),
-                             masks.padding_mask(seg))
+    combined = masks.combine(
+        masks.segment_mask(seg, seg), masks.causal_mask(6), masks.padding_mask(seg)
+    )
     c = np.asarray(combined)
     assert c.shape == (1, 6, 6)
     s = np.asarray(seg)[0]

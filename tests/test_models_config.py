@@ -116,8 +116,11 @@ def test_capabilities_are_declared_on_the_model_classes():
 
 def test_check_batching_rejects_packing_for_a_recurrent_family_in_one_line():
     for name in ("rnnsearch", "rnnsearch_reference", "rnnsearch50"):
-        with pytest.raises(ValueError, match=r"config\.data\.batching='pack' is not supported by "
-                           rf"config\.model\.name='{name}' \(RNNSearch\.supports_packing") as e:
+        with pytest.raises(
+            ValueError,
+            match=r"config\.data\.batching='pack' is not supported by "
+            rf"config\.model\.name='{name}' \(RNNSearch\.supports_packing",
+        ) as e:
             check_batching(name, "pack")
         assert "\n" not in str(e.value)
         check_batching(name, "bucket")
@@ -149,5 +152,6 @@ def test_shift_right_packed_and_unpacked():
     assert np.asarray(got)[0].tolist() == [1, 5, 6, 1, 7, 1, 8, 9, 0, 0]
     # unpacked: segmentation derived from padding
     unpacked = shift_right(targets[1:], bos_id=3)
-    np.testing.assert_array_equal(np.asarray(unpacked), _shift_reference(
-        targets[1:], (targets[1:] != 0).astype(int), 3))
+    np.testing.assert_array_equal(
+        np.asarray(unpacked), _shift_reference(targets[1:], (targets[1:] != 0).astype(int), 3)
+    )

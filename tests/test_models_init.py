@@ -37,7 +37,8 @@ def expected_bound(path, flat):
 def test_torch_style_matches_pytorch_rules():
     flat = traverse_util.flatten_dict(reference_params())
     torch_flat = traverse_util.flatten_dict(
-        model_init.torch_style(reference_params(), jax.random.PRNGKey(1)))
+        model_init.torch_style(reference_params(), jax.random.PRNGKey(1))
+    )
     assert torch_flat.keys() == flat.keys()
     checked = 0
     for path, leaf in torch_flat.items():
@@ -58,9 +59,15 @@ def test_torch_style_matches_pytorch_rules():
 
 def test_init_train_state_follows_the_config_scheme():
     import optax
-    cfg = models.rnnsearch_reference_config(emb_dim=32, encoder_hidden_size=16,
-                                            decoder_hidden_size=32, attention_dim=32,
-                                            source_vocab_size=50, target_vocab_size=50)
+
+    cfg = models.rnnsearch_reference_config(
+        emb_dim=32,
+        encoder_hidden_size=16,
+        decoder_hidden_size=32,
+        attention_dim=32,
+        source_vocab_size=50,
+        target_vocab_size=50,
+    )
     states = {}
     for scheme in ("flax", "torch"):
         model = models.build_model(cfg.replace(init_scheme=scheme))

@@ -36,15 +36,28 @@ VARIANTS = {
         cell_type="lstm", input_feeding=True, encoder_layers=2, decoder_layers=2, maxout_size=4
     ),
     "tied_shared_dot_2heads_final_bridge": dict(
-        tie_output_embeddings=True, share_embeddings=True, attention_type="dot", num_heads=2,
-        bridge="final", bidirectional=False, encoder_hidden_size=16,
+        tie_output_embeddings=True,
+        share_embeddings=True,
+        attention_type="dot",
+        num_heads=2,
+        bridge="final",
+        bidirectional=False,
+        encoder_hidden_size=16,
     ),
 }
 
 
 def _config(**overrides) -> ModelConfig:
-    base = dict(source_vocab_size=20, target_vocab_size=20, bos_id=1, eos_id=2, emb_dim=8,
-                encoder_hidden_size=8, decoder_hidden_size=16, dropout_rate=0.0)
+    base = dict(
+        source_vocab_size=20,
+        target_vocab_size=20,
+        bos_id=1,
+        eos_id=2,
+        emb_dim=8,
+        encoder_hidden_size=8,
+        decoder_hidden_size=16,
+        dropout_rate=0.0,
+    )
     base.update(overrides)
     return ModelConfig(**base).validate()
 
@@ -72,8 +85,9 @@ def _teacher_forced_and_cache(model, variables):
 
     def run(v):
         encoded = model.apply(v, INPUTS, method=model.encode)
-        logits, attention = model.apply(v, encoded, INPUTS, TARGETS, return_attention=True,
-                                        method=model.decode)
+        logits, attention = model.apply(
+            v, encoded, INPUTS, TARGETS, return_attention=True, method=model.decode
+        )
         cache = model.apply(v, encoded, INPUTS, method=model.init_decode_cache)
         return model.apply(v, INPUTS, TARGETS), logits, attention, cache
 
@@ -122,8 +136,9 @@ def test_initial_decoder_state_is_the_bridge_of_the_annotations(bridge):
     rows = np.arange(len(INPUTS))
     summary = {
         "mean": annotations.sum(1) / lengths[:, None],
-        "final": np.concatenate([annotations[rows, lengths - 1, :hidden],
-                                 annotations[:, 0, hidden:]], -1),
+        "final": np.concatenate(
+            [annotations[rows, lengths - 1, :hidden], annotations[:, 0, hidden:]], -1
+        ),
         "backward": annotations[:, 0, hidden:],
     }
     if bridge == "zero":
@@ -139,8 +154,9 @@ def test_attention_is_zero_on_source_padding_and_sums_to_one():
 
     def run(v):
         encoded = model.apply(v, INPUTS, method=model.encode)
-        _, attention = model.apply(v, encoded, INPUTS, TARGETS, return_attention=True,
-                                   method=model.decode)
+        _, attention = model.apply(
+            v, encoded, INPUTS, TARGETS, return_attention=True, method=model.decode
+        )
         return encoded, attention
 
     encoded, attention = jax.jit(run)(variables)
@@ -157,8 +173,7 @@ def test_extra_source_and_target_padding_change_nothing():
     more_targets = np.pad(TARGETS, ((0, 0), (0, 2)))
     padded = forward(variables, more_inputs, more_targets)
     real = TARGETS != 0
-    np.testing.assert_allclose(np.asarray(padded)[:, :5][real], np.asarray(logits)[real],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(padded)[:, :5][real], np.asarray(logits)[real], atol=1e-5)
 
 
 def _target_embedding_jacobian(model, variables, t):
@@ -214,8 +229,9 @@ def test_dropout_uses_the_dropout_stream_and_deterministic_switch():
 
     @jax.jit
     def run(v, seeds):
-        train = lambda m, seed: m.apply(v, INPUTS, TARGETS, train=True,
-                                        rngs={"dropout": jax.random.PRNGKey(seed)})
+        train = lambda m, seed: m.apply(
+            v, INPUTS, TARGETS, train=True, rngs={"dropout": jax.random.PRNGKey(seed)}
+        )
         return jax.vmap(lambda seed: train(model, seed))(seeds), train(frozen, seeds[0])
 
     (first, other), frozen_logits = run(variables, jnp.array([1, 2]))
@@ -242,10 +258,14 @@ def _peer_param_count(vocab: int, emb: int, hidden: int) -> int:
     return (
         2 * vocab * emb  # src_emb, tgt_emb
         + 2 * gru(emb, half)  # bidirectional encoder GRU
-        + hidden * hidden + (hidden * hidden + hidden) + hidden  # attention W, U (+bias), v
-        + hidden * hidden + hidden  # init_state
+        + hidden * hidden
+        + (hidden * hidden + hidden)
+        + hidden  # attention W, U (+bias), v
+        + hidden * hidden
+        + hidden  # init_state
         + gru(emb + hidden, hidden)  # decoder GRUCell
-        + (2 * hidden + emb) * vocab + vocab  # output
+        + (2 * hidden + emb) * vocab
+        + vocab  # output
     )
 
 
@@ -280,8 +300,9 @@ def _load_into_peer(peer, params):
         "attention.v.weight": t(params["attention"]["v"]),
         "init_state.weight": t(params["bridge_0"]["kernel"]).T,
         "init_state.bias": t(params["bridge_0"]["bias"]),
-        "cell.weight_ih": torch.cat([t(params["cells_0"]["input"]["kernel"]),
-                                     t(params["context_proj"]["kernel"])]).T,
+        "cell.weight_ih": torch.cat(
+            [t(params["cells_0"]["input"]["kernel"]), t(params["context_proj"]["kernel"])]
+        ).T,
         "cell.bias_ih": t(params["cells_0"]["input"]["bias"]),
         "cell.weight_hh": t(params["cells_0"]["hidden"]["kernel"]).T,
         "cell.bias_hh": t(params["cells_0"]["hidden"]["bias"]),
@@ -297,8 +318,10 @@ def _load_into_peer(peer, params):
     peer.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True)
 
 
-@pytest.mark.skipif(not HAS_TORCH or not (PEER_DIR / "torch_rnnsearch.py").exists(),
-                    reason="needs torch and shared/bench/torch_rnnsearch.py")
+@pytest.mark.skipif(
+    not HAS_TORCH or not (PEER_DIR / "torch_rnnsearch.py").exists(),
+    reason="needs torch and shared/bench/torch_rnnsearch.py",
+)
 def test_same_weights_give_the_pytorch_peers_logits():
     import torch
 
@@ -311,8 +334,11 @@ def test_same_weights_give_the_pytorch_peers_logits():
     _load_into_peer(peer, variables["params"])
     decoder_inputs = np.asarray(shift_right(TARGETS, bos_id=1))
     with torch.no_grad():
-        want = peer(torch.tensor(INPUTS, dtype=torch.long), torch.tensor(INPUTS != 0),
-                    torch.tensor(decoder_inputs, dtype=torch.long)).numpy()
+        want = peer(
+            torch.tensor(INPUTS, dtype=torch.long),
+            torch.tensor(INPUTS != 0),
+            torch.tensor(decoder_inputs, dtype=torch.long),
+        ).numpy()
     got = np.asarray(forward(variables, INPUTS, TARGETS))
     real = TARGETS != 0
     np.testing.assert_allclose(got[real], want[real], atol=2e-5)

@@ -37,16 +37,30 @@ UNPACKED_TARGETS = np.array([[7, 8, 2], [6, 2, 0]], np.int32)
 VARIANTS = {
     "additive_2heads_sinusoidal": dict(),
     "dot_1head_learned_tied_shared": dict(
-        attention_type="dot", num_heads=1, position_embedding="learned",
-        tie_output_embeddings=True, share_embeddings=True,
+        attention_type="dot",
+        num_heads=1,
+        position_embedding="learned",
+        tie_output_embeddings=True,
+        share_embeddings=True,
     ),
 }
 
 
 def _config(**overrides) -> ModelConfig:
-    base = dict(name="transformer", source_vocab_size=20, target_vocab_size=20, bos_id=1,
-                eos_id=2, emb_dim=16, mlp_dim=32, num_heads=2, encoder_layers=2,
-                decoder_layers=2, max_len=16, dropout_rate=0.0)
+    base = dict(
+        name="transformer",
+        source_vocab_size=20,
+        target_vocab_size=20,
+        bos_id=1,
+        eos_id=2,
+        emb_dim=16,
+        mlp_dim=32,
+        num_heads=2,
+        encoder_layers=2,
+        decoder_layers=2,
+        max_len=16,
+        dropout_rate=0.0,
+    )
     base.update(overrides)
     return ModelConfig(**base).validate()
 
@@ -75,10 +89,10 @@ def test_teacher_forced_logits_equal_step_by_step(variant):
     @jax.jit
     def run(v):
         encoded = model.apply(v, INPUTS, method=model.encode)
-        logits, attention = model.apply(v, encoded, INPUTS, TARGETS, return_attention=True,
-                                        method=model.decode)
-        cache = model.apply(v, encoded, INPUTS, max_decode_length=7,
-                            method=model.init_decode_cache)
+        logits, attention = model.apply(
+            v, encoded, INPUTS, TARGETS, return_attention=True, method=model.decode
+        )
+        cache = model.apply(v, encoded, INPUTS, max_decode_length=7, method=model.init_decode_cache)
         return model.apply(v, INPUTS, TARGETS), logits, attention, cache
 
     call_logits, logits, attention, cache = run(variables)
@@ -96,8 +110,9 @@ def test_teacher_forced_logits_equal_step_by_step(variant):
     np.testing.assert_array_equal(cache["index"], TARGETS.shape[1])
     # the returned attention is a distribution over real source tokens only
     np.testing.assert_allclose(np.asarray(attention)[real].sum(-1), 1.0, atol=1e-5)
-    assert np.all(np.asarray(attention)[np.broadcast_to(INPUTS[:, None] == 0, attention.shape)]
-                  == 0)
+    assert np.all(
+        np.asarray(attention)[np.broadcast_to(INPUTS[:, None] == 0, attention.shape)] == 0
+    )
 
 
 def test_extra_source_and_target_padding_change_nothing():
@@ -105,14 +120,15 @@ def test_extra_source_and_target_padding_change_nothing():
     logits = forward(variables, INPUTS, TARGETS)
     padded = forward(variables, np.pad(INPUTS, ((0, 0), (0, 3))), np.pad(TARGETS, ((0, 0), (0, 2))))
     real = TARGETS != 0
-    np.testing.assert_allclose(np.asarray(padded)[:, :5][real], np.asarray(logits)[real],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(padded)[:, :5][real], np.asarray(logits)[real], atol=1e-5)
 
 
 def _embedding_grads(model, variables, batch, loss_fn):
     """Gradients of `loss_fn(logits)` w.r.t. additive deltas on the source / target embeddings."""
-    deltas = (jnp.zeros(batch["inputs"].shape + (model.config.emb_dim,)),
-              jnp.zeros(batch["targets"].shape + (model.config.emb_dim,)))
+    deltas = (
+        jnp.zeros(batch["inputs"].shape + (model.config.emb_dim,)),
+        jnp.zeros(batch["targets"].shape + (model.config.emb_dim,)),
+    )
 
     def loss(deltas):
         def add(next_fun, args, kwargs, context):
@@ -166,12 +182,23 @@ def test_packed_row_equals_the_examples_run_alone():
 
     @jax.jit
     def run(v):
-        encoded = model.apply(v, PACKED["inputs"], inputs_segmentation=PACKED[
-            "inputs_segmentation"], inputs_position=PACKED["inputs_position"], method=model.encode)
+        encoded = model.apply(
+            v,
+            PACKED["inputs"],
+            inputs_segmentation=PACKED["inputs_segmentation"],
+            inputs_position=PACKED["inputs_position"],
+            method=model.encode,
+        )
         packed = model.apply(v, encoded, **PACKED, return_attention=True, method=model.decode)
         encoded = model.apply(v, UNPACKED_INPUTS, method=model.encode)
-        alone = model.apply(v, encoded, UNPACKED_INPUTS, UNPACKED_TARGETS, return_attention=True,
-                            method=model.decode)
+        alone = model.apply(
+            v,
+            encoded,
+            UNPACKED_INPUTS,
+            UNPACKED_TARGETS,
+            return_attention=True,
+            method=model.decode,
+        )
         return packed, alone
 
     (packed, packed_attention), (alone, alone_attention) = run(variables)
@@ -187,11 +214,19 @@ def test_chex_asserts_fire_on_wrong_shapes_at_the_boundary():
     model, variables, _ = _init(_config())
     apply = jax.jit(model.apply, static_argnames=("method",))
     with pytest.raises(AssertionError, match="inputs_segmentation"):
-        apply(variables, PACKED["inputs"], PACKED["targets"],
-              inputs_segmentation=PACKED["inputs_segmentation"][:, :5])
+        apply(
+            variables,
+            PACKED["inputs"],
+            PACKED["targets"],
+            inputs_segmentation=PACKED["inputs_segmentation"][:, :5],
+        )
     with pytest.raises(AssertionError, match="targets_position"):
-        apply(variables, PACKED["inputs"], PACKED["targets"],
-              targets_position=PACKED["inputs_position"])
+        apply(
+            variables,
+            PACKED["inputs"],
+            PACKED["targets"],
+            targets_position=PACKED["inputs_position"],
+        )
     with pytest.raises(AssertionError, match="targets must be"):
         apply(variables, INPUTS, TARGETS[:, :, None])
     encoded = jnp.zeros((3, 5, 16))  # wrong source length for INPUTS
@@ -199,9 +234,14 @@ def test_chex_asserts_fire_on_wrong_shapes_at_the_boundary():
         apply(variables, encoded, INPUTS, TARGETS, method=model.decode)
     learned, learned_variables, _ = _init(_config(**VARIANTS["dot_1head_learned_tied_shared"]))
     with pytest.raises(ValueError, match="max_len=16"):
-        jax.eval_shape(functools.partial(learned.apply, max_decode_length=17,
-                                         method=learned.init_decode_cache),
-                       learned_variables, jnp.zeros((3, 6, 16)), INPUTS)
+        jax.eval_shape(
+            functools.partial(
+                learned.apply, max_decode_length=17, method=learned.init_decode_cache
+            ),
+            learned_variables,
+            jnp.zeros((3, 6, 16)),
+            INPUTS,
+        )
 
 
 def test_usable_from_nnx_through_the_bridge():

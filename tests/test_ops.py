@@ -20,13 +20,16 @@ def test_first_argmax_equals_numpy_argmax_on_random_and_tied_values(axis):
 
 
 def test_first_argmax_special_values_like_argmax():
-    rows = np.array([
-        [-np.inf, -np.inf, -np.inf],  # all -inf: index 0
-        [1.0, np.inf, np.inf],  # first inf
-        [0.0, np.nan, 5.0],  # a NaN wins, as in argmax
-        [np.nan, 1.0, np.nan],  # the first NaN
-        [2.0, 2.0, 1.0],
-    ], np.float32)
+    rows = np.array(
+        [
+            [-np.inf, -np.inf, -np.inf],  # all -inf: index 0
+            [1.0, np.inf, np.inf],  # first inf
+            [0.0, np.nan, 5.0],  # a NaN wins, as in argmax
+            [np.nan, 1.0, np.nan],  # the first NaN
+            [2.0, 2.0, 1.0],
+        ],
+        np.float32,
+    )
     got = np.asarray(first_argmax(jnp.asarray(rows)))
     np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(rows), axis=-1)))
     np.testing.assert_array_equal(got, [0, 1, 1, 0, 0])
@@ -56,12 +59,15 @@ def test_float32_accumulation_rounds_only_the_result():
     assert narrow.dtype == jnp.bfloat16  # one rounding of the float32 sum: <= 2^-8 relative
     np.testing.assert_allclose(np.asarray(narrow, np.float64), exact, rtol=2.0**-8, atol=1e-6)
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-    np.testing.assert_array_equal(np.asarray(accumulate_in_float32(x32, w32, dims)),
-                                  np.asarray(jax.lax.dot_general(x32, w32, dims)))
+    np.testing.assert_array_equal(
+        np.asarray(accumulate_in_float32(x32, w32, dims)),
+        np.asarray(jax.lax.dot_general(x32, w32, dims)),
+    )
 
 
-@pytest.mark.parametrize("shape,k,block", [((3, 4000), 5, 64), ((2, 3, 2999), 4, 16),
-                                           ((4, 300), 7, 8), ((2, 50), 3, 64)])
+@pytest.mark.parametrize(
+    "shape,k,block", [((3, 4000), 5, 64), ((2, 3, 2999), 4, 16), ((4, 300), 7, 8), ((2, 50), 3, 64)]
+)
 def test_top_k_equals_lax_top_k_values_and_indices(shape, k, block):
     from seq2seq_jax.ops import top_k
 

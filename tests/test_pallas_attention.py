@@ -20,9 +20,11 @@ from seq2seq_jax.layers.attention import _additive_scores, masked_softmax
 B, T, S, DQ, DK, A = 2, 5, 7, 6, 16, 16
 # On CPU the interpreted kernels spend their time in XLA's compiler, not in running: compile
 # the small test programs without LLVM's expensive passes (about 3x faster to compile).
-_COMPILER_OPTIONS = ({"xla_backend_optimization_level": 0,
-                      "xla_llvm_disable_expensive_passes": True}
-                     if jax.default_backend() == "cpu" else None)
+_COMPILER_OPTIONS = (
+    {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    if jax.default_backend() == "cpu"
+    else None
+)
 
 
 def _jit_call(fn, *args):
@@ -57,12 +59,19 @@ def _outputs_and_grads(attn, variables, query, keys, values, mask):
     return outputs, grads
 
 
-@pytest.mark.parametrize("num_heads,mask_kind,dtype", [
-    (1, "padding", jnp.float32), (8, "sequence", jnp.float32), (8, "heads", jnp.bfloat16)])
+@pytest.mark.parametrize(
+    "num_heads,mask_kind,dtype",
+    [(1, "padding", jnp.float32), (8, "sequence", jnp.float32), (8, "heads", jnp.bfloat16)],
+)
 def test_pallas_equals_naive_values_and_gradients(num_heads, mask_kind, dtype):
     query, keys, values, mask = _inputs(mask_kind, dtype)
-    naive = AdditiveAttention(attention_dim=A, num_heads=num_heads, normalize=num_heads > 1,
-                              dtype=dtype, implementation="naive")
+    naive = AdditiveAttention(
+        attention_dim=A,
+        num_heads=num_heads,
+        normalize=num_heads > 1,
+        dtype=dtype,
+        implementation="naive",
+    )
     fused = naive.clone(implementation="pallas")
     variables = naive.init(jax.random.PRNGKey(0), query, keys, mask, values)
     (ctx_n, w_n), g_n = _outputs_and_grads(naive, variables, query, keys, values, mask)
@@ -72,14 +81,12 @@ def test_pallas_equals_naive_values_and_gradients(num_heads, mask_kind, dtype):
     # The kernel takes tanh in float32; the naive form in the compute dtype.
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
     chex.assert_trees_all_close(w_f, w_n, atol=tol)
-    chex.assert_trees_all_close(ctx_f.astype(jnp.float32), ctx_n.astype(jnp.float32),
-                                atol=tol * 4)
+    chex.assert_trees_all_close(ctx_f.astype(jnp.float32), ctx_n.astype(jnp.float32), atol=tol * 4)
     for got, want in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_n), strict=True):
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         assert np.isfinite(got).all()
         scale = max(1.0, float(np.abs(want).max()))
-        np.testing.assert_allclose(got, want, atol=(1e-5 if dtype == jnp.float32 else 6e-2)
-                                   * scale)
+        np.testing.assert_allclose(got, want, atol=(1e-5 if dtype == jnp.float32 else 6e-2) * scale)
 
 
 def test_masked_keys_get_exactly_zero_weight_and_gradient():
@@ -88,8 +95,9 @@ def test_masked_keys_get_exactly_zero_weight_and_gradient():
     mask = masks.padding_mask(lengths=jnp.array([4, 0]), max_length=S)  # [B, S]
     attn = AdditiveAttention(attention_dim=A, num_heads=8, implementation="pallas")
     variables = attn.init(jax.random.PRNGKey(0), query, keys, mask, values)
-    (ctx, w), (_, _, g_keys, g_values) = _outputs_and_grads(attn, variables, query, keys,
-                                                            values, mask)
+    (ctx, w), (_, _, g_keys, g_values) = _outputs_and_grads(
+        attn, variables, query, keys, values, mask
+    )
     w, ctx = np.asarray(w), np.asarray(ctx)
     assert (w[0, :, :, 4:] == 0).all() and (w[1] == 0).all()
     assert (ctx[1] == 0).all() and np.isfinite(ctx).all()
@@ -116,8 +124,9 @@ def _reference(qp, kp, v, mask4, values):
     h = v.shape[0]
     w = masked_softmax(_additive_scores(qp, kp, v), mask4)
     b, s, dv = values.shape
-    ctx = jnp.einsum("bhts,bshd->bthd", w, values.reshape(b, s, h, dv // h),
-                     precision=jax.lax.Precision.HIGHEST)
+    ctx = jnp.einsum(
+        "bhts,bshd->bthd", w, values.reshape(b, s, h, dv // h), precision=jax.lax.Precision.HIGHEST
+    )
     return ctx.reshape(b, -1, dv), w
 
 
@@ -137,8 +146,11 @@ def test_kernel_several_tiles_with_and_without_weights():
 
     (ctx_r, w_r), g_r = run(lambda q, k, vv, x: _reference(q, k, vv, mask4, x))
     for return_weights in (True, False):
-        (ctx, w), g = run(lambda q, k, vv, x, rw=return_weights: pa.fused_additive_attention(
-            q, k, vv, mask4, x, config=cfg, return_weights=rw))
+        (ctx, w), g = run(
+            lambda q, k, vv, x, rw=return_weights: pa.fused_additive_attention(
+                q, k, vv, mask4, x, config=cfg, return_weights=rw
+            )
+        )
         chex.assert_trees_all_close(ctx, ctx_r, atol=1e-5)
         if return_weights:
             chex.assert_trees_all_close(w, w_r, atol=1e-5)
@@ -151,8 +163,10 @@ def test_triton_lowering_of_forward_and_backward():
     """The Triton path lowers (Pallas -> Triton IR) for CUDA on any machine, fwd + bwd."""
     pytest.importorskip("jax._src.lib.triton")
     cfg = pa.make_config("triton")
-    qp, kp, v, mask4, values = (jax.ShapeDtypeStruct(x.shape, x.dtype)
-                                for x in _kernel_inputs(h=8, d=64, dv=512, t=40, s=50))
+    qp, kp, v, mask4, values = (
+        jax.ShapeDtypeStruct(x.shape, x.dtype)
+        for x in _kernel_inputs(h=8, d=64, dv=512, t=40, s=50)
+    )
 
     def loss(q, k, vv, m, x):
         ctx, w = pa.fused_additive_attention(q, k, vv, m, x, config=cfg)

@@ -19,8 +19,14 @@ def run_cli(*args, devices=1, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run([sys.executable, "-m", "seq2seq_jax.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "seq2seq_jax.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def error_line(proc):
@@ -33,15 +39,24 @@ def error_line(proc):
 def test_tiny_config_writes_metrics_events_config_and_curves(tmp_path):
     workdir = tmp_path / "run"
     # 80 train examples, some longer than 24 tokens: the 96 rows of 6 steps read past an epoch.
-    proc = run_cli("--config=configs/default.py:tiny", f"--workdir={workdir}",
-                   "--config.num_train_steps=6", "--config.log_every_steps=3",
-                   "--config.eval_every_steps=6", "--config.checkpoint_every_steps=6",
-                   "--config.progress_bar=False", "--config.data.num_train_examples=80",
-                   "--config.data.max_source_length=24")
+    proc = run_cli(
+        "--config=configs/default.py:tiny",
+        f"--workdir={workdir}",
+        "--config.num_train_steps=6",
+        "--config.log_every_steps=3",
+        "--config.eval_every_steps=6",
+        "--config.checkpoint_every_steps=6",
+        "--config.progress_bar=False",
+        "--config.data.num_train_examples=80",
+        "--config.data.max_source_length=24",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The data pipeline's log lines reach the CLI's stderr (INFO, as the loop's own lines).
-    assert re.search(r"dates:train: epoch 1 read \(process 0\): [1-9]\d* of \d+ examples so "
-                     r"far over-long \(dropped\)", proc.stderr), proc.stderr[-3000:]
+    assert re.search(
+        r"dates:train: epoch 1 read \(process 0\): [1-9]\d* of \d+ examples so "
+        r"far over-long \(dropped\)",
+        proc.stderr,
+    ), proc.stderr[-3000:]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train_loss" in r]
     assert [r["step"] for r in train] == [3, 6]
@@ -59,8 +74,9 @@ def test_tiny_config_writes_metrics_events_config_and_curves(tmp_path):
 
 
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
-    proc = run_cli("--config=configs/default.py:tiny", f"--workdir={tmp_path}",
-                   "--config.no_such_key=3")
+    proc = run_cli(
+        "--config=configs/default.py:tiny", f"--workdir={tmp_path}", "--config.no_such_key=3"
+    )
     assert proc.returncode != 0
     assert "no_such_key" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -89,8 +105,12 @@ def test_unknown_model_name_and_unwritable_workdir_fail_during_setup(tmp_path):
 
 
 def test_batch_size_not_divisible_by_device_count(tmp_path):
-    proc = run_cli("--config=configs/default.py:tiny", f"--workdir={tmp_path}",
-                   "--config.batch_size=12", devices=8)
+    proc = run_cli(
+        "--config=configs/default.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.batch_size=12",
+        devices=8,
+    )
     assert proc.returncode == 1
     line = error_line(proc)
     assert "batch_size=12" in line and "device count 8" in line, proc.stderr[-2000:]

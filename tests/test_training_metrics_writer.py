@@ -21,13 +21,13 @@ def read_event_scalars(directory):
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            length = int.from_bytes(data[pos:pos + 8], "little")
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            length = int.from_bytes(data[pos : pos + 8], "little")
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             if event.HasField("session_log") and (
-                    event.session_log.status == event_pb2.SessionLog.START):
-                out = {tag: [p for p in points if p[0] < event.step]
-                       for tag, points in out.items()}
+                event.session_log.status == event_pb2.SessionLog.START
+            ):
+                out = {tag: [p for p in points if p[0] < event.step] for tag, points in out.items()}
             for value in event.summary.value:
                 out.setdefault(value.tag, []).append((event.step, value.simple_value))
     return out
@@ -72,5 +72,8 @@ def test_a_resumed_writer_hides_the_stale_tensorboard_points(tmp_path):
         writer.write(30, {"train_loss": 0.875})  # Exact in float32, as 2.5, 1.5.
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert read_event_scalars(tmp_path / "tensorboard")["train_loss"] == [
-        (10, 2.5), (20, 1.5), (30, 0.875)]
+        (10, 2.5),
+        (20, 1.5),
+        (30, 0.875),
+    ]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30]

@@ -70,15 +70,23 @@ def free_port():
 
 
 def launch(out, num_processes, devices_per_process):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS),
-                                           os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), str(i),
-                               str(num_processes), port], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for i in range(num_processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(out), str(i), str(num_processes), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(num_processes)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
@@ -151,19 +159,33 @@ def test_sigterm_of_one_process_stops_both_at_the_next_sync_point(tmp_path):
     """The SIGTERM flag is all-gathered at sync points only (steps 3 and 6 here, not at every
     step), and both processes stop at the same step, the first sync point after the signal;
     likewise the time budget (process 0's clock decides, broadcast at sync points only)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     port, out = str(free_port()), tmp_path / "preemption"
-    procs = [subprocess.Popen([sys.executable, "-c", PREEMPTION_SCRIPT, str(out), str(i), port],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREEMPTION_SCRIPT, str(out), str(i), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     for i in range(2):
         assert json.loads(Path(f"{out}.{i}").read_text()) == {
-            "step": 6, "gathers": 2, "budget_step": 3, "broadcasts": 1}
+            "step": 6,
+            "gathers": 2,
+            "budget_step": 3,
+            "broadcasts": 1,
+        }
 
 
 def test_sigterm_in_one_process_is_seen_at_the_next_step():

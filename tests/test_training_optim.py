@@ -29,32 +29,58 @@ def run_updates(tx, params, grads_list):
     "settings, checks",
     [
         (dict(schedule="constant"), {0: 1.0, 7: 1.0}),
-        (dict(schedule="warmup_rsqrt", warmup_steps=4),
-         {0: 0.0, 2: 0.5, 4: 1.0, 16: 0.5, 64: 0.25}),
-        (dict(schedule="warmup_cosine", warmup_steps=2, decay_steps=10,
-              end_learning_rate_fraction=0.1),
-         {0: 0.0, 1: 0.5, 2: 1.0, 6: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)),
-          10: 0.1, 20: 0.1}),
-        (dict(schedule="warmup_linear", warmup_steps=2, decay_steps=10,
-              end_learning_rate_fraction=0.1),
-         {0: 0.0, 1: 0.5, 2: 1.0, 6: 1.0 - 0.9 * 0.5, 10: 0.1, 20: 0.1}),
-        (dict(schedule="piecewise", boundaries=(3, 6), scales=(0.5, 0.1)),
-         {0: 1.0, 2: 1.0, 3: 0.5, 5: 0.5, 6: 0.05, 100: 0.05}),
+        (
+            dict(schedule="warmup_rsqrt", warmup_steps=4),
+            {0: 0.0, 2: 0.5, 4: 1.0, 16: 0.5, 64: 0.25},
+        ),
+        (
+            dict(
+                schedule="warmup_cosine",
+                warmup_steps=2,
+                decay_steps=10,
+                end_learning_rate_fraction=0.1,
+            ),
+            {
+                0: 0.0,
+                1: 0.5,
+                2: 1.0,
+                6: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)),
+                10: 0.1,
+                20: 0.1,
+            },
+        ),
+        (
+            dict(
+                schedule="warmup_linear",
+                warmup_steps=2,
+                decay_steps=10,
+                end_learning_rate_fraction=0.1,
+            ),
+            {0: 0.0, 1: 0.5, 2: 1.0, 6: 1.0 - 0.9 * 0.5, 10: 0.1, 20: 0.1},
+        ),
+        (
+            dict(schedule="piecewise", boundaries=(3, 6), scales=(0.5, 0.1)),
+            {0: 1.0, 2: 1.0, 3: 0.5, 5: 0.5, 6: 0.05, 100: 0.05},
+        ),
     ],
 )
 def test_schedules_match_formulas(settings, checks):
     lr = 0.02
     schedule = optim.make_schedule(opt_config(learning_rate=lr, **settings), num_train_steps=99)
     for step, factor in checks.items():
-        np.testing.assert_allclose(float(schedule(step)), lr * factor, rtol=1e-5, atol=1e-9,
-                                   err_msg=f"{settings} at step {step}")
+        np.testing.assert_allclose(
+            float(schedule(step)),
+            lr * factor,
+            rtol=1e-5,
+            atol=1e-9,
+            err_msg=f"{settings} at step {step}",
+        )
 
 
 def test_decay_steps_default_to_num_train_steps():
     c = opt_config(learning_rate=1.0, schedule="warmup_linear", warmup_steps=0)
     schedule = optim.make_schedule(c, num_train_steps=8)
-    np.testing.assert_allclose([float(schedule(t)) for t in (0, 4, 8)], [1.0, 0.5, 0.0],
-                               atol=1e-7)
+    np.testing.assert_allclose([float(schedule(t)) for t in (0, 4, 8)], [1.0, 0.5, 0.0], atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -80,15 +106,18 @@ def test_bad_optimizer_name_and_regexes():
         optim.make_optimizer(opt_config(lr_multipliers=(("a", 1.0, 2.0),)), 10)
 
 
-PARAMS = {"encoder": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))},
-          "decoder": {"kernel": jnp.full((3, 2), 2.0)}}
+PARAMS = {
+    "encoder": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))},
+    "decoder": {"kernel": jnp.full((3, 2), 2.0)},
+}
 
 
 def grads_like(params, seed):
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
     return jax.tree.unflatten(
-        treedef, [jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in leaves])
+        treedef, [jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in leaves]
+    )
 
 
 def test_frozen_paths_do_not_change_and_others_do():
@@ -103,15 +132,19 @@ def test_frozen_paths_do_not_change_and_others_do():
 
 def test_per_path_lr_multiplier_and_clipping_against_numpy():
     # Plain SGD (no momentum) so the update is -lr * factor * clipped_grad, computed in NumPy.
-    c = opt_config(name="sgd", momentum=0.0, learning_rate=0.1, grad_clip_norm=1.0,
-                   lr_multipliers=(("^encoder/kernel", 0.5), ("^encoder", 0.0)))
+    c = opt_config(
+        name="sgd",
+        momentum=0.0,
+        learning_rate=0.1,
+        grad_clip_norm=1.0,
+        lr_multipliers=(("^encoder/kernel", 0.5), ("^encoder", 0.0)),
+    )
     tx, _ = optim.make_optimizer(c, 10)
     g = grads_like(PARAMS, 0)
     norm = np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(g)))
     scale = min(1.0, 1.0 / norm)
     new, _ = run_updates(tx, PARAMS, [g])
-    for path, factor in [("encoder/kernel", 0.5), ("encoder/bias", 0.0),
-                         ("decoder/kernel", 1.0)]:
+    for path, factor in [("encoder/kernel", 0.5), ("encoder/bias", 0.0), ("decoder/kernel", 1.0)]:
         a, b = path.split("/")
         expected = np.asarray(PARAMS[a][b]) - 0.1 * factor * scale * np.asarray(g[a][b])
         np.testing.assert_allclose(new[a][b], expected, rtol=1e-6, err_msg=path)
@@ -147,13 +180,25 @@ def test_adafactor_and_adam_update_every_leaf():
             assert np.all(np.isfinite(a)) and not np.allclose(a, b), name
 
 
-@pytest.mark.parametrize("key,value", [
-    ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", -0.0001),
-    ("learning_rate", float("inf")), ("b1", 1.5), ("b2", -0.1), ("eps", float("nan")),
-    ("grad_clip_norm", -1.0), ("warmup_steps", -5), ("accumulate_steps", 0),
-    ("end_learning_rate_fraction", 2.0), ("weight_decay", float("-inf")), ("momentum", 1.1),
-    ("max_consecutive_nonfinite", 0),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("learning_rate", -1e-3),
+        ("learning_rate", float("nan")),
+        ("learning_rate", -0.0001),
+        ("learning_rate", float("inf")),
+        ("b1", 1.5),
+        ("b2", -0.1),
+        ("eps", float("nan")),
+        ("grad_clip_norm", -1.0),
+        ("warmup_steps", -5),
+        ("accumulate_steps", 0),
+        ("end_learning_rate_fraction", 2.0),
+        ("weight_decay", float("-inf")),
+        ("momentum", 1.1),
+        ("max_consecutive_nonfinite", 0),
+    ],
+)
 def test_bad_optimizer_numbers_are_rejected_naming_the_key(key, value):
     c = optim.default_optimizer_config()
     c[key] = value
@@ -179,8 +224,9 @@ def test_default_optimizer_config_is_valid():
 
 
 def test_gradient_accumulation_averages_micro_batches():
-    c = opt_config(name="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.0,
-                   accumulate_steps=2)
+    c = opt_config(
+        name="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.0, accumulate_steps=2
+    )
     tx, _ = optim.make_optimizer(c, 10)
     g1, g2 = grads_like(PARAMS, 0), grads_like(PARAMS, 1)
     after_one, _ = run_updates(tx, PARAMS, [g1])

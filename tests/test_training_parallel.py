@@ -65,27 +65,37 @@ SCRIPT = textwrap.dedent(
 
 
 def run_modes(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS),
-                                           os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT"))
-    return json.loads(line[len("REPORT"):])
+    return json.loads(line[len("REPORT") :])
 
 
 def assert_same(tmp_path, report, reference, other):
-    np.testing.assert_allclose(report[other]["losses"], report[reference]["losses"], rtol=2e-5,
-                               err_msg=other)
-    np.testing.assert_allclose(report[other]["eval_loss"], report[reference]["eval_loss"],
-                               rtol=2e-5, err_msg=other)
+    np.testing.assert_allclose(
+        report[other]["losses"], report[reference]["losses"], rtol=2e-5, err_msg=other
+    )
+    np.testing.assert_allclose(
+        report[other]["eval_loss"], report[reference]["eval_loss"], rtol=2e-5, err_msg=other
+    )
     ref, got = np.load(tmp_path / f"{reference}.npz"), np.load(tmp_path / f"{other}.npz")
     assert sorted(ref.files) == sorted(got.files)
     for key in ref.files:
-        np.testing.assert_allclose(got[key], ref[key], rtol=2e-5, atol=2e-6,
-                                   err_msg=f"{other}: {key}")
+        np.testing.assert_allclose(
+            got[key], ref[key], rtol=2e-5, atol=2e-6, err_msg=f"{other}: {key}"
+        )
 
 
 @pytest.mark.slow

@@ -30,8 +30,9 @@ def test_cross_entropy_matches_numpy_reference():
     targets = rng.integers(0, 7, size=(3, 4))
     weights = (rng.random((3, 4)) > 0.3).astype(np.float32)
     for ls in (0.0, 0.1, 0.3):
-        got = steps.cross_entropy_with_smoothing(jnp.asarray(logits), jnp.asarray(targets),
-                                                 jnp.asarray(weights), ls)
+        got = steps.cross_entropy_with_smoothing(
+            jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), ls
+        )
         want = numpy_smoothed_ce(logits, targets, weights, ls)
         np.testing.assert_allclose([float(got[0]), float(got[1])], want, rtol=1e-5)
 
@@ -50,10 +51,16 @@ def make_state(seed=0, dropout=0.0, tx=None):
     model = TinySeq2Seq(dropout=dropout)
     batch = make_batch(0)
     keys = jax.random.split(jax.random.PRNGKey(seed), 2)
-    params = model.init(keys[0], batch["inputs"], batch["targets"],
-                        **{k: batch[k] for k in steps.MODEL_KEYS}, train=False)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx or optax.sgd(1.0),
-                             rng=keys[1])
+    params = model.init(
+        keys[0],
+        batch["inputs"],
+        batch["targets"],
+        **{k: batch[k] for k in steps.MODEL_KEYS},
+        train=False,
+    )["params"]
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx or optax.sgd(1.0), rng=keys[1]
+    )
 
 
 def test_train_step_gradient_is_mean_over_real_target_tokens():
@@ -62,8 +69,13 @@ def test_train_step_gradient_is_mean_over_real_target_tokens():
     ls = 0.1
 
     def reference_loss(params):  # Independent path: explicit smoothed one-hot, mean over tokens.
-        logits = state.apply_fn({"params": params}, batch["inputs"], batch["targets"],
-                                **{k: batch[k] for k in steps.MODEL_KEYS}, train=False)
+        logits = state.apply_fn(
+            {"params": params},
+            batch["inputs"],
+            batch["targets"],
+            **{k: batch[k] for k in steps.MODEL_KEYS},
+            train=False,
+        )
         v = logits.shape[-1]
         q = jax.nn.one_hot(batch["targets"], v) * (1 - ls - ls / (v - 1)) + ls / (v - 1)
         ce = -jnp.sum(q * jax.nn.log_softmax(logits), -1)  # constant entropy term: no gradient
@@ -72,14 +84,19 @@ def test_train_step_gradient_is_mean_over_real_target_tokens():
 
     grads = jax.grad(reference_loss)(state.params)
     new_state, metrics = jax.jit(functools.partial(steps.train_step, label_smoothing=ls))(
-        state, batch)
+        state, batch
+    )
     expected = jax.tree.map(lambda p, g: p - g, state.params, grads)  # sgd(1.0)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.params, expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_state.params,
+        expected,
+    )
     assert int(new_state.step) == 1
     assert float(metrics["loss"][1]) == float(np.sum(batch["targets"] != 0))
-    np.testing.assert_allclose(float(metrics["grad_norm"][0]), float(optax.tree.norm(grads)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(metrics["grad_norm"][0]), float(optax.tree.norm(grads)), rtol=1e-5
+    )
     assert float(metrics["nonfinite_skipped"][0]) == 0.0
 
 
@@ -135,14 +152,23 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
     batch = make_batch(5, batch=8, src_len=4, tgt_len=3)
     states = {}
     for dtype in ("float32", "bfloat16"):
-        cfg = models.ModelConfig(name="rnnsearch", source_vocab_size=16, target_vocab_size=16,
-                                 emb_dim=8, encoder_hidden_size=8, decoder_hidden_size=16,
-                                 dropout_rate=0.0, dtype=dtype)
+        cfg = models.ModelConfig(
+            name="rnnsearch",
+            source_vocab_size=16,
+            target_vocab_size=16,
+            emb_dim=8,
+            encoder_hidden_size=8,
+            decoder_hidden_size=16,
+            dropout_rate=0.0,
+            dtype=dtype,
+        )
         model = models.build_model(cfg)
-        params = model.init(jax.random.PRNGKey(0), batch["inputs"], batch["targets"],
-                            train=False)["params"]
-        states[dtype] = TrainState.create(apply_fn=model.apply, params=params,
-                                          tx=optax.adam(1e-2), rng=jax.random.PRNGKey(1))
+        params = model.init(jax.random.PRNGKey(0), batch["inputs"], batch["targets"], train=False)[
+            "params"
+        ]
+        states[dtype] = TrainState.create(
+            apply_fn=model.apply, params=params, tx=optax.adam(1e-2), rng=jax.random.PRNGKey(1)
+        )
     reference = jax.jit(steps.eval_step)(states["float32"], batch)  # forward only: cheap
     new_state, m = jax.jit(steps.train_step)(states["bfloat16"], batch)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
@@ -159,8 +185,11 @@ def test_cross_entropy_gradient_is_softmax_minus_smoothed_target():
     targets = rng.integers(0, 6, size=(2, 3))
     weights = (rng.random((2, 3)) > 0.3).astype(np.float32)
     for ls in (0.0, 0.2):
-        grad = jax.grad(lambda x, ls=ls: steps.cross_entropy_with_smoothing(
-            x, jnp.asarray(targets), jnp.asarray(weights), ls)[0])(jnp.asarray(logits))
+        grad = jax.grad(
+            lambda x, ls=ls: steps.cross_entropy_with_smoothing(
+                x, jnp.asarray(targets), jnp.asarray(weights), ls
+            )[0]
+        )(jnp.asarray(logits))
         p = np.exp(logits - logits.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         q = np.full(logits.shape, ls / 5)

@@ -42,8 +42,10 @@ def rules(history, **overrides):
 
 
 def test_stop_rules_from_history():
-    r = rules([{"step": 5, "train_minutes": 1.5}, {"step": 10, "train_minutes": 2.0}],
-              max_train_minutes=3.0)
+    r = rules(
+        [{"step": 5, "train_minutes": 1.5}, {"step": 10, "train_minutes": 2.0}],
+        max_train_minutes=3.0,
+    )
     assert r.previous_seconds == 120.0
     assert not r.budget_spent(59.0) and r.budget_spent(60.0)
     assert not rules([], max_train_minutes=0.0).budget_spent(1e9)  # 0 = no budget
@@ -52,16 +54,25 @@ def test_stop_rules_from_history():
     assert r.best == 12.0 and r.since_best == 2 and r.patience_spent()  # NaN is never a best
     r.update({"eval_exact_match": 13.0})
     assert r.since_best == 0 and not r.patience_spent()
-    r = rules([{"eval_loss": 3.0}, {"eval_loss": 2.0}], **{
-        "checkpoint.best_metric": "eval_loss", "checkpoint.best_mode": "min",
-        "eval.early_stopping_patience": 1})
+    r = rules(
+        [{"eval_loss": 3.0}, {"eval_loss": 2.0}],
+        **{
+            "checkpoint.best_metric": "eval_loss",
+            "checkpoint.best_mode": "min",
+            "eval.early_stopping_patience": 1,
+        },
+    )
     assert r.since_best == 0  # Lower is better in 'min' mode.
 
 
 def test_time_budget_stops_checkpoints_and_final_evaluates(tmp_path):
     workdir = tmp_path / "run"
-    config = tiny_config(num_train_steps=1000, max_train_minutes=1e-4, eval_every_steps=0,
-                         **{"checkpoint.async_save": False})
+    config = tiny_config(
+        num_train_steps=1000,
+        max_train_minutes=1e-4,
+        eval_every_steps=0,
+        **{"checkpoint.async_save": False},
+    )
     result = loop.train_and_evaluate(config, str(workdir))
     stopped = result["step"]
     assert 1 <= stopped < 1000 and not result["preempted"]
@@ -73,18 +84,27 @@ def test_time_budget_stops_checkpoints_and_final_evaluates(tmp_path):
     again = loop.train_and_evaluate(config, str(workdir))
     assert again["step"] == stopped and "test_exact_match" in again
     # A larger budget continues from there.
-    more = loop.train_and_evaluate(tiny_config(num_train_steps=stopped + 3,
-                                               max_train_minutes=60.0), str(workdir))
+    more = loop.train_and_evaluate(
+        tiny_config(num_train_steps=stopped + 3, max_train_minutes=60.0), str(workdir)
+    )
     assert more["step"] == stopped + 3
 
 
 def test_early_stopping_after_patience_evaluations(tmp_path):
     # Learning rate 0: every evaluation is the same, so only the first one is a new best.
-    config = tiny_config(num_train_steps=40, eval_every_steps=2, **{
-        "optimizer.learning_rate": 0.0, "optimizer.schedule": "constant",
-        "checkpoint.best_metric": "eval_loss", "checkpoint.best_mode": "min",
-        "eval.task_metric": "none", "eval.final_split": "",
-        "eval.early_stopping_patience": 2})
+    config = tiny_config(
+        num_train_steps=40,
+        eval_every_steps=2,
+        **{
+            "optimizer.learning_rate": 0.0,
+            "optimizer.schedule": "constant",
+            "checkpoint.best_metric": "eval_loss",
+            "checkpoint.best_mode": "min",
+            "eval.task_metric": "none",
+            "eval.final_split": "",
+            "eval.early_stopping_patience": 2,
+        },
+    )
     result = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert result["step"] == 6  # Evaluations at 2 (best), 4, 6: two without a new best.
 
@@ -92,9 +112,16 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
 @pytest.fixture(scope="module")
 def averaged_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("avg") / "run"
-    config = tiny_config(num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=0, **{
-        "checkpoint.max_to_keep": 3, "checkpoint.average_last": 3,
-        "checkpoint.async_save": False})
+    config = tiny_config(
+        num_train_steps=6,
+        checkpoint_every_steps=2,
+        eval_every_steps=0,
+        **{
+            "checkpoint.max_to_keep": 3,
+            "checkpoint.average_last": 3,
+            "checkpoint.async_save": False,
+        },
+    )
     return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
@@ -111,11 +138,16 @@ def test_average_last_scores_and_saves_the_mean(averaged_run):
     _, want = numpy_mean_of_steps(workdir, [2, 4, 6])
     averaged = workdir_lib.restore_from_workdir(workdir, checkpoint="averaged")
     assert averaged.step == 6
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 averaged.params, want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), averaged.params, want
+    )
     latest = workdir_lib.restore_from_workdir(workdir)
-    assert any(not np.allclose(a, b) for a, b in zip(
-        jax.tree.leaves(latest.params), jax.tree.leaves(averaged.params), strict=True))
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(latest.params), jax.tree.leaves(averaged.params), strict=True
+        )
+    )
 
 
 def test_decode_average_checkpoints_matches_saved_average(averaged_run, tmp_path):
@@ -123,18 +155,24 @@ def test_decode_average_checkpoints_matches_saved_average(averaged_run, tmp_path
     source = tmp_path / "in.txt"
     source.write_text("Saturday 9 May 2018\n3 March 1999\n")
     outputs = {}
-    for name, kwargs in (("on_load", dict(average_checkpoints=3)),
-                         ("saved", dict(checkpoint="averaged"))):
+    for name, kwargs in (
+        ("on_load", dict(average_checkpoints=3)),
+        ("saved", dict(checkpoint="averaged")),
+    ):
         out = tmp_path / f"{name}.txt"
-        summary = decode_run.run_decode(decode_run.DecodeOptions(
-            workdir=str(workdir), input=str(source), output=str(out), progress=False, **kwargs))
+        summary = decode_run.run_decode(
+            decode_run.DecodeOptions(
+                workdir=str(workdir), input=str(source), output=str(out), progress=False, **kwargs
+            )
+        )
         assert summary["checkpoint_step"] == 6
         outputs[name] = out.read_text()
     assert outputs["on_load"] == outputs["saved"] and len(outputs["saved"].splitlines()) == 2
     on_load = workdir_lib.restore_from_workdir(workdir, average=2)
     _, want = numpy_mean_of_steps(workdir, [4, 6])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 on_load.params, want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), on_load.params, want
+    )
 
 
 def test_averaging_option_errors(averaged_run, tmp_path):
@@ -147,21 +185,29 @@ def test_averaging_option_errors(averaged_run, tmp_path):
     (other / "checkpoints").mkdir(parents=True)
     (other / "config.json").write_text((workdir / "config.json").read_text())
     import shutil
+
     shutil.copytree(workdir / "tokenizer", other / "tokenizer")
     shutil.copytree(workdir / "checkpoints" / "6", other / "checkpoints" / "6")
     with pytest.raises(FileNotFoundError, match="no averaged checkpoint"):
         workdir_lib.restore_from_workdir(other, checkpoint="averaged")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"max_train_minutes": -1.0}, "max_train_minutes must be a finite number >= 0"),
-    ({"max_train_minutes": float("nan")}, "max_train_minutes must be a finite number >= 0"),
-    ({"eval.early_stopping_patience": 2, "checkpoint.best_metric": ""},
-     "early_stopping_patience needs config.checkpoint.best_metric"),
-    ({"checkpoint.average_last": 4, "checkpoint.max_to_keep": 3},
-     "average_last=4 needs checkpoints enabled and config.checkpoint.max_to_keep >= 4"),
-    ({"checkpoint.average_last": 2, "eval.final_split": ""}, "average_last needs"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_train_minutes": -1.0}, "max_train_minutes must be a finite number >= 0"),
+        ({"max_train_minutes": float("nan")}, "max_train_minutes must be a finite number >= 0"),
+        (
+            {"eval.early_stopping_patience": 2, "checkpoint.best_metric": ""},
+            "early_stopping_patience needs config.checkpoint.best_metric",
+        ),
+        (
+            {"checkpoint.average_last": 4, "checkpoint.max_to_keep": 3},
+            "average_last=4 needs checkpoints enabled and config.checkpoint.max_to_keep >= 4",
+        ),
+        ({"checkpoint.average_last": 2, "eval.final_split": ""}, "average_last needs"),
+    ],
+)
 def test_stop_and_average_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         experiment.validate_config(tiny_config(**overrides))

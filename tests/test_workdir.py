@@ -16,13 +16,21 @@ from seq2seq_jax.training.checkpoint import Checkpointer
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under `root` with its size and modification time."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_rank_best_takes_the_best_finite_value_and_the_later_step_on_ties():
-    metrics = {1: {"bleu": 3.0}, 2: {"bleu": math.nan}, 3: {"bleu": 3.0}, 4: None,
-               5: {"loss": 9.0}, 6: {"bleu": 1.0}}
+    metrics = {
+        1: {"bleu": 3.0},
+        2: {"bleu": math.nan},
+        3: {"bleu": 3.0},
+        4: None,
+        5: {"loss": 9.0},
+        6: {"bleu": 1.0},
+    }
     assert wd.rank_best(metrics, "bleu", "max") == 3
     assert wd.rank_best(metrics, "bleu", "min") == 6
     assert wd.rank_best({1: {"bleu": math.inf}, 2: None}, "bleu", "max") is None
@@ -30,8 +38,7 @@ def test_rank_best_takes_the_best_finite_value_and_the_later_step_on_ties():
 
 def test_queries_read_orbax_metrics_and_write_nothing_beside_a_trainer(tmp_path):
     state = make_state()
-    with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=3,
-                      best_metric="eval_bleu") as ckpt:
+    with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=3, best_metric="eval_bleu") as ckpt:
         for step, bleu in ((1, 4.0), (2, 7.5), (3, math.nan)):
             ckpt.save(step, state, metrics={"eval_bleu": bleu})
             ckpt.wait()

@@ -19,8 +19,17 @@ class TinySeq2Seq(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, inputs, targets, *, inputs_segmentation, targets_segmentation,
-                 inputs_position, targets_position, train):
+    def __call__(
+        self,
+        inputs,
+        targets,
+        *,
+        inputs_segmentation,
+        targets_segmentation,
+        inputs_position,
+        targets_position,
+        train,
+    ):
         del targets_segmentation, inputs_position, targets_position
         src = nn.Embed(self.vocab, self.width, name="src_embed")(inputs)  # [B, S, D]
         mask = (inputs_segmentation > 0)[..., None].astype(jnp.float32)  # [B, S, 1]
@@ -32,8 +41,9 @@ class TinySeq2Seq(nn.Module):
         return nn.Dense(self.vocab, name="out")(h)  # [B, T, V]
 
 
-def make_batch(seed: int, batch: int = 16, src_len: int = 6, tgt_len: int = 5,
-               vocab: int = 16) -> dict[str, np.ndarray]:
+def make_batch(
+    seed: int, batch: int = 16, src_len: int = 6, tgt_len: int = 5, vocab: int = 16
+) -> dict[str, np.ndarray]:
     """Random padded batch dict (ids 2..vocab-1, random lengths >= 1, 0 = padding)."""
     rng = np.random.default_rng(seed)
 
@@ -47,6 +57,11 @@ def make_batch(seed: int, batch: int = 16, src_len: int = 6, tgt_len: int = 5,
 
     inputs, in_seg, in_pos = side(src_len)
     targets, tg_seg, tg_pos = side(tgt_len)
-    return {"inputs": inputs, "targets": targets, "inputs_segmentation": in_seg,
-            "targets_segmentation": tg_seg, "inputs_position": in_pos,
-            "targets_position": tg_pos}
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "inputs_segmentation": in_seg,
+        "targets_segmentation": tg_seg,
+        "inputs_position": in_pos,
+        "targets_position": tg_pos,
+    }

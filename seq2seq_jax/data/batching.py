@@ -232,7 +232,11 @@ def token_budget_groups(
                 padded = (min(length, max_lengths[0]), min(length, max_lengths[1]))
             else:
                 padded = tuple(
-                    min(classes[bisect.bisect_left(classes, max(len(e[side]) for e in group))],
-                        max_lengths[side]) for side in (0, 1))
+                    min(
+                        classes[bisect.bisect_left(classes, max(len(e[side]) for e in group))],
+                        max_lengths[side],
+                    )
+                    for side in (0, 1)
+                )
             groups.append((group, padded, rows))
     return [groups[i] for i in rng.permutation(len(groups))]

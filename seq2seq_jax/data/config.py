@@ -122,15 +122,45 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 # Length classes of Multi30k's token-budget batches: 8 per octave up to 64 (about 11% target
 # padding with SentencePiece 8k, against 49% for 64 rows padded to 32 or 64).
-MULTI30K_BOUNDARIES = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32, 36, 40,
-                       44, 48, 56)
+MULTI30K_BOUNDARIES = (
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    18,
+    20,
+    22,
+    24,
+    26,
+    28,
+    30,
+    32,
+    36,
+    40,
+    44,
+    48,
+    56,
+)
 
 
 def default_multi30k_dir() -> str:
     """$MULTI30K_DIR, else ../shared/data/multi30k next to the repository of this package."""
-    return os.environ.get("MULTI30K_DIR") or os.path.normpath(os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data",
-        "multi30k"))
+    return os.environ.get("MULTI30K_DIR") or os.path.normpath(
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)),
+            "..",
+            "..",
+            "..",
+            "shared",
+            "data",
+            "multi30k",
+        )
+    )
 
 
 def multi30k_data_config(
@@ -181,15 +211,20 @@ def _parallel_text_error(split: str, src, tgt, tsv) -> str | None:
     if tsv and (src or tgt):
         return f"config.data.{split}_tsv and {split}_source/target are both set"
     if bool(src) != bool(tgt):
-        return (f"config.data.{split}_source and {split}_target must be set together "
-                f"(got {split}_source={src!r}, {split}_target={tgt!r})")
+        return (
+            f"config.data.{split}_source and {split}_target must be set together "
+            f"(got {split}_source={src!r}, {split}_target={tgt!r})"
+        )
     return None
 
 
 def _int(key: str, value, minimum: int | None = None, what: str = "an int") -> int:
     """`value` as an int (bool refused) of at least `minimum`, else a one-line error naming key."""
-    if isinstance(value, bool) or not isinstance(value, int) or (
-            minimum is not None and value < minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (minimum is not None and value < minimum)
+    ):
         raise ValueError(f"config.data.{key} must be {what}, got {value!r}")
     return int(value)
 
@@ -211,11 +246,14 @@ def _parse_boundaries(given) -> tuple[int, ...]:
         try:
             given = [int(x) for x in given.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"config.data.bucket_boundaries must be strictly increasing "
-                             f"positive ints, got {given!r}") from None
+            raise ValueError(
+                f"config.data.bucket_boundaries must be strictly increasing "
+                f"positive ints, got {given!r}"
+            ) from None
     given = list(given)
     if any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in given) or (
-            given != sorted(set(given))):
+        given != sorted(set(given))
+    ):
         raise ValueError(
             f"config.data.bucket_boundaries must be strictly increasing positive ints, got {given}"
         )
@@ -289,12 +327,17 @@ class DataConfig:
         unknown = sorted(set(config.keys()) - known_keys)
         if unknown:
             raise ValueError(
-                f"Unknown config.data keys {unknown}; known keys: {sorted(known_keys)}")
+                f"Unknown config.data keys {unknown}; known keys: {sorted(known_keys)}"
+            )
         c = {k: config[k] if k in config else defaults[k] for k in defaults.keys()}
         for key in ("name", "tokenizer", "spm_model_type", "overlength", "batching"):
             _choice(key, c[key], _CHOICES[key])
-        for key in ("max_source_length", "max_target_length", "vocab_size",
-                    "bucket_window_batches"):
+        for key in (
+            "max_source_length",
+            "max_target_length",
+            "vocab_size",
+            "bucket_window_batches",
+        ):
             if not isinstance(c[key], int) or c[key] <= 0:
                 raise ValueError(f"config.data.{key} must be a positive int, got {c[key]!r}")
         if c["max_source_length"] < 2 or c["max_target_length"] < 2:
@@ -308,15 +351,22 @@ class DataConfig:
                 )
         tokens = _int("tokens_per_batch", c["tokens_per_batch"], 0, "an int >= 0")
         if c["token_budget_padding"] not in ("class", "side"):
-            raise ValueError(f"config.data.token_budget_padding must be 'class' or 'side', got "
-                             f"{c['token_budget_padding']!r}")
+            raise ValueError(
+                f"config.data.token_budget_padding must be 'class' or 'side', got "
+                f"{c['token_budget_padding']!r}"
+            )
         if tokens and c["batching"] != "bucket":
             raise ValueError(
                 f"config.data.tokens_per_batch={tokens} needs batching='bucket', got "
                 f"{c['batching']!r} (set tokens_per_batch=0 for fixed rows)"
             )
-        for key in ("num_train_examples", "num_validation_examples", "num_test_examples",
-                    "prefetch", "cache_max_examples"):
+        for key in (
+            "num_train_examples",
+            "num_validation_examples",
+            "num_test_examples",
+            "prefetch",
+            "cache_max_examples",
+        ):
             c[key] = _int(key, c[key], 0, "an int >= 0")
         for key in ("addition_max_digits", "reverse_max_length", "spm_max_sentences"):
             c[key] = _int(key, c[key], 1, "a positive int")
@@ -324,17 +374,22 @@ class DataConfig:
         if c["shuffle_seed"] is not None:
             c["shuffle_seed"] = _int("shuffle_seed", c["shuffle_seed"], what="an int or None")
         coverage = c["spm_character_coverage"]
-        if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not (
-                0 < coverage <= 1):
-            raise ValueError(f"config.data.spm_character_coverage must be in (0, 1], got "
-                             f"{coverage!r}")
+        if (
+            isinstance(coverage, bool)
+            or not isinstance(coverage, int | float)
+            or not (0 < coverage <= 1)
+        ):
+            raise ValueError(
+                f"config.data.spm_character_coverage must be in (0, 1], got {coverage!r}"
+            )
         paths = [f"{split}_{k}" for split in SPLIT_NAMES for k in ("source", "target", "tsv")]
         for key in [*paths, "tfds_name", "inputs_key", "targets_key", "tokenizer_dir"]:
             c[key] = _optional_str(key, c[key])
         if c["name"] == "parallel_text":
             for split in SPLIT_NAMES:
-                error = _parallel_text_error(split, *(c[f"{split}_{k}"] for k in
-                                                      ("source", "target", "tsv")))
+                error = _parallel_text_error(
+                    split, *(c[f"{split}_{k}"] for k in ("source", "target", "tsv"))
+                )
                 if error:
                     raise ValueError(error)
         if c["name"] == "tfds" and not c["tfds_name"]:

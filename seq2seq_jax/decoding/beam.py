@@ -61,8 +61,13 @@ def _candidates(state: _BeamState, step_log_probs_: jax.Array) -> tuple[jax.Arra
 
 
 def _select(
-    state: _BeamState, step_log_probs_: jax.Array, attention: jax.Array, *, eos_id: int,
-    limits: jax.Array, alpha: float | jax.Array
+    state: _BeamState,
+    step_log_probs_: jax.Array,
+    attention: jax.Array,
+    *,
+    eos_id: int,
+    limits: jax.Array,
+    alpha: float | jax.Array,
 ) -> tuple[_BeamState, jax.Array]:
     """Keeps the K best candidates; returns the new beams (cache not yet reordered) and parents.
 
@@ -87,7 +92,8 @@ def _select(
         log_probs=jnp.take_along_axis(cand_log_probs.reshape(batch, -1), flat, axis=1),
         finished=parent_finished | (token == eos_id) | (state.step + 1 >= limits[:, None]),
         lengths=jnp.take_along_axis(
-            jnp.broadcast_to(cand_lengths, cand_log_probs.shape).reshape(batch, -1), flat, axis=1),
+            jnp.broadcast_to(cand_lengths, cand_log_probs.shape).reshape(batch, -1), flat, axis=1
+        ),
         tokens=_gather_beams(state.tokens, parent).at[:, :, state.step].set(token),
         attention=_gather_beams(state.attention, parent).at[:, :, state.step].set(row),
     ), parent
@@ -103,8 +109,9 @@ def _stopped(state: _BeamState, limits: jax.Array, alpha) -> jax.Array:
     alive = valid & ~state.finished
     done_beams = valid & state.finished
     best_alive = jnp.max(jnp.where(alive, state.log_probs, -jnp.inf), axis=-1)  # [B]
-    largest_penalty = jnp.maximum(gnmt_length_penalty(state.step + 1, alpha),
-                                  gnmt_length_penalty(limits, alpha))
+    largest_penalty = jnp.maximum(
+        gnmt_length_penalty(state.step + 1, alpha), gnmt_length_penalty(limits, alpha)
+    )
     bound = best_alive / largest_penalty
     scores = state.log_probs / gnmt_length_penalty(state.lengths, alpha)
     worst_finished = jnp.min(jnp.where(done_beams, scores, jnp.inf), axis=-1)
@@ -121,15 +128,19 @@ def _beam_step(tokens_to_logits, state: _BeamState, *, eos_id, limits, alpha) ->
     # A leaf the step returns unchanged (the same array: a source annotation, projected keys,
     # a mask) still holds the values it was tiled with, equal across the beams of an example,
     # so reordering it within the example is the identity: skip the gather.
-    cache = jax.tree_util.tree_map(lambda new_leaf, old_leaf: new_leaf if new_leaf is old_leaf
-                                   else new_leaf[rows], cache, state.cache)
+    cache = jax.tree_util.tree_map(
+        lambda new_leaf, old_leaf: new_leaf if new_leaf is old_leaf else new_leaf[rows],
+        cache,
+        state.cache,
+    )
     frozen = state.done
 
     def keep_if_done(old, updated):
         return jnp.where(frozen.reshape((-1,) + (1,) * (old.ndim - 1)), old, updated)
 
-    new = jax.tree_util.tree_map(keep_if_done, state._replace(cache=None, step=None),
-                                 new._replace(cache=None, step=None))
+    new = jax.tree_util.tree_map(
+        keep_if_done, state._replace(cache=None, step=None), new._replace(cache=None, step=None)
+    )
     new = new._replace(step=state.step + 1, cache=cache)
     return new._replace(done=state.done | _stopped(new, limits, alpha))
 
@@ -152,8 +163,7 @@ def _init_state(cache, shapes, *, beam, bos_id, length) -> _BeamState:
 
 def _finalize(state: _BeamState, alpha) -> DecodeResult:
     valid = state.finished & (state.log_probs > -jnp.inf)  # [B, K]
-    scores = jnp.where(valid, state.log_probs / gnmt_length_penalty(state.lengths, alpha),
-                       -jnp.inf)
+    scores = jnp.where(valid, state.log_probs / gnmt_length_penalty(state.lengths, alpha), -jnp.inf)
     scores, order = jax.lax.top_k(scores, scores.shape[-1])
     valid = _gather_beams(valid, order)
     tokens = jnp.where(valid[..., None], _gather_beams(state.tokens, order), PAD_ID)
@@ -164,9 +174,15 @@ def _finalize(state: _BeamState, alpha) -> DecodeResult:
 
 
 def beam_search(
-    tokens_to_logits: TokensToLogits, cache: PyTree, *, beam_size: int, bos_id: int,
-    eos_id: int, max_length: int | jax.Array, max_decode_length: int | None = None,
-    alpha: float | jax.Array = SearchConfig.alpha
+    tokens_to_logits: TokensToLogits,
+    cache: PyTree,
+    *,
+    beam_size: int,
+    bos_id: int,
+    eos_id: int,
+    max_length: int | jax.Array,
+    max_decode_length: int | None = None,
+    alpha: float | jax.Array = SearchConfig.alpha,
 ) -> DecodeResult:
     """Batched beam search with the GNMT length penalty `((5 + len) / 6) ** alpha`.
 

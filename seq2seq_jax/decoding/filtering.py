@@ -51,8 +51,11 @@ def top_p_filter(logits: jax.Array, p: float | jax.Array) -> jax.Array:
 
 
 def filter_logits(
-    logits: jax.Array, *, temperature: float | jax.Array = 1.0, top_k: int = 0,
-    top_p: float | jax.Array = 1.0
+    logits: jax.Array,
+    *,
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
 ) -> jax.Array:
     """Applies temperature, then top-k, then top-p (the order of Hugging Face's samplers).
 

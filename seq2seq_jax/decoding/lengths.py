@@ -71,17 +71,23 @@ def resolve_max_length(
     if isinstance(max_length, int | np.integer):
         length = int(max_decode_length if max_decode_length is not None else max_length)
         if max_length < 1 or length < 1:
-            raise ValueError(f"max_length must be >= 1, got max_length={max_length}, "
-                             f"max_decode_length={max_decode_length}.")
+            raise ValueError(
+                f"max_length must be >= 1, got max_length={max_length}, "
+                f"max_decode_length={max_decode_length}."
+            )
         return length, jnp.full((batch,), min(int(max_length), length), jnp.int32)
     if max_decode_length is None:
-        raise ValueError("max_length is an array of per-example limits: pass the static buffer "
-                         "size max_decode_length=<int> as well.")
+        raise ValueError(
+            "max_length is an array of per-example limits: pass the static buffer "
+            "size max_decode_length=<int> as well."
+        )
     if int(max_decode_length) < 1:
         raise ValueError(f"max_decode_length must be >= 1, got {max_decode_length}.")
     if jnp.shape(max_length) not in ((), (batch,)):
-        raise ValueError(f"max_length array must have shape [B]=({batch},) or be a scalar, "
-                         f"got {jnp.shape(max_length)}.")
+        raise ValueError(
+            f"max_length array must have shape [B]=({batch},) or be a scalar, "
+            f"got {jnp.shape(max_length)}."
+        )
     limits = jnp.clip(jnp.asarray(max_length, jnp.int32), 1, int(max_decode_length))
     limits = jnp.broadcast_to(limits, (batch,))
     return int(max_decode_length), limits

@@ -50,8 +50,10 @@ class SearchConfig:
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if self.sample and self.beam_size > 1:
-            raise ValueError(f"sampling decodes one hypothesis: use beam_size=1 with sample, "
-                             f"got beam_size={self.beam_size}")
+            raise ValueError(
+                f"sampling decodes one hypothesis: use beam_size=1 with sample, "
+                f"got beam_size={self.beam_size}"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -61,8 +63,9 @@ class SearchConfig:
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if not 1 <= self.nbest <= self.beam_size:
-            raise ValueError(f"nbest must be between 1 and beam_size={self.beam_size}, got "
-                             f"{self.nbest}")
+            raise ValueError(
+                f"nbest must be between 1 and beam_size={self.beam_size}, got {self.nbest}"
+            )
         return self
 
     @classmethod
@@ -73,10 +76,13 @@ class SearchConfig:
         `max_length` is `eval.max_decode_length`, else `data.max_target_length`.
         """
         eval_cfg = config.get("eval", {})
-        fields = {"beam_size": int(eval_cfg.get("beam_size", cls.beam_size)),
-                  "alpha": float(eval_cfg.get("alpha", cls.alpha)),
-                  "max_length": int(eval_cfg.get("max_decode_length", 0)
-                                    or config.data.max_target_length)}
+        fields = {
+            "beam_size": int(eval_cfg.get("beam_size", cls.beam_size)),
+            "alpha": float(eval_cfg.get("alpha", cls.alpha)),
+            "max_length": int(
+                eval_cfg.get("max_decode_length", 0) or config.data.max_target_length
+            ),
+        }
         return cls(**{**fields, **overrides})
 
     @property

@@ -61,8 +61,14 @@ def _decode_one_token(tokens_to_logits, choose, eos_id, limits, state: _State) -
 
 
 def decode_sequentially(
-    tokens_to_logits: TokensToLogits, cache: PyTree, choose: Chooser, *, bos_id: int,
-    eos_id: int, max_length: int | jax.Array, max_decode_length: int | None = None
+    tokens_to_logits: TokensToLogits,
+    cache: PyTree,
+    choose: Chooser,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_length: int | jax.Array,
+    max_decode_length: int | None = None,
 ) -> DecodeResult:
     """Decodes one token per step with `choose` until every example has finished.
 
@@ -100,8 +106,13 @@ def decode_sequentially(
 
 
 def greedy_search(
-    tokens_to_logits: TokensToLogits, cache: PyTree, *, bos_id: int, eos_id: int,
-    max_length: int | jax.Array, max_decode_length: int | None = None
+    tokens_to_logits: TokensToLogits,
+    cache: PyTree,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_length: int | jax.Array,
+    max_decode_length: int | None = None,
 ) -> DecodeResult:
     """Greedy decoding: the most probable token at every step (pad is never produced).
 
@@ -120,9 +131,15 @@ def greedy_search(
       `DecodeResult(tokens [B, L], lengths [B], scores [B], attention [B, L, S])`; scores are
       sums of log-probabilities.
     """
-    return decode_sequentially(tokens_to_logits, cache, _greedy_choice, bos_id=bos_id,
-                               eos_id=eos_id, max_length=max_length,
-                               max_decode_length=max_decode_length)
+    return decode_sequentially(
+        tokens_to_logits,
+        cache,
+        _greedy_choice,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        max_length=max_length,
+        max_decode_length=max_decode_length,
+    )
 
 
 def per_example_keys(rng: jax.Array, batch: int) -> jax.Array:
@@ -144,14 +161,24 @@ def per_example_keys(rng: jax.Array, batch: int) -> jax.Array:
         return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     if rng.ndim == single_rank + 1 and rng.shape[0] == batch:
         return rng
-    raise ValueError(f"rng must be one key or {batch} keys (one per example), got shape "
-                     f"{rng.shape} of dtype {rng.dtype}.")
+    raise ValueError(
+        f"rng must be one key or {batch} keys (one per example), got shape "
+        f"{rng.shape} of dtype {rng.dtype}."
+    )
 
 
 def sample(
-    tokens_to_logits: TokensToLogits, cache: PyTree, rng: jax.Array, *, bos_id: int, eos_id: int,
-    max_length: int | jax.Array, max_decode_length: int | None = None,
-    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    tokens_to_logits: TokensToLogits,
+    cache: PyTree,
+    rng: jax.Array,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_length: int | jax.Array,
+    max_decode_length: int | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> DecodeResult:
     """Ancestral sampling with temperature, top-k and top-p (nucleus) filtering.
 
@@ -189,5 +216,12 @@ def sample(
             step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
             return jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
 
-    return decode_sequentially(tokens_to_logits, cache, choose, bos_id=bos_id, eos_id=eos_id,
-                               max_length=max_length, max_decode_length=max_decode_length)
+    return decode_sequentially(
+        tokens_to_logits,
+        cache,
+        choose,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        max_length=max_length,
+        max_decode_length=max_decode_length,
+    )

@@ -29,8 +29,9 @@ class StepShapes(NamedTuple):
 
 
 def _abstract(tree: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                                  tree)
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree
+    )
 
 
 def cache_rows(cache: PyTree) -> int:
@@ -46,8 +47,10 @@ def cache_rows(cache: PyTree) -> int:
     for path, leaf in leaves:
         shape = jnp.shape(leaf)
         if not shape:
-            raise ValueError(f"cache leaf {jax.tree_util.keystr(path)} is a scalar; every cache "
-                             "leaf needs a leading batch dimension.")
+            raise ValueError(
+                f"cache leaf {jax.tree_util.keystr(path)} is a scalar; every cache "
+                "leaf needs a leading batch dimension."
+            )
         dims[jax.tree_util.keystr(path)] = shape[0]
     if len(set(dims.values())) != 1:
         raise ValueError(f"cache leaves have different leading dimensions: {dims}.")
@@ -71,19 +74,26 @@ def probe_step(tokens_to_logits: TokensToLogits, cache: PyTree) -> StepShapes:
     ids = jax.ShapeDtypeStruct((rows,), jnp.int32)
     logits, attention, new_cache = jax.eval_shape(tokens_to_logits, ids, _abstract(cache))
     if len(logits.shape) != 2 or logits.shape[0] != rows:
-        raise ValueError(f"tokens_to_logits returned logits of shape {logits.shape}; "
-                         f"expected [N, V] with N={rows}.")
+        raise ValueError(
+            f"tokens_to_logits returned logits of shape {logits.shape}; "
+            f"expected [N, V] with N={rows}."
+        )
     if attention.shape[:1] != (rows,) or len(attention.shape) != 2:
-        raise ValueError(f"tokens_to_logits returned attention of shape {attention.shape}; "
-                         f"expected [N, S] with N={rows}.")
+        raise ValueError(
+            f"tokens_to_logits returned attention of shape {attention.shape}; "
+            f"expected [N, S] with N={rows}."
+        )
     before, after = _abstract(cache), _abstract(new_cache)
     if jax.tree_util.tree_structure(before) != jax.tree_util.tree_structure(after) or any(
         (a.shape, a.dtype) != (b.shape, b.dtype)
-        for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after),
-                        strict=True)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after), strict=True
+        )
     ):
-        raise ValueError("tokens_to_logits must return a cache with the same structure, shapes and "
-                         f"dtypes as its input; got {after} for input {before}.")
+        raise ValueError(
+            "tokens_to_logits must return a cache with the same structure, shapes and "
+            f"dtypes as its input; got {after} for input {before}."
+        )
     if logits.shape[1] < 2:
         raise ValueError(f"vocabulary size must be >= 2, got logits of shape {logits.shape}.")
     return StepShapes(rows=rows, vocab=logits.shape[1], source=attention.shape[1])

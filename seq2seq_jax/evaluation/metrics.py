@@ -28,16 +28,21 @@ def _reference_streams(
         raise TypeError("hypotheses must be a sequence of sentences, not one string.")
     if isinstance(references, str):
         raise TypeError("references must be a sequence of sentences, not one string.")
-    streams = [list(references)] if not references or isinstance(references[0], str) else [
-        list(stream) for stream in references]
+    streams = (
+        [list(references)]
+        if not references or isinstance(references[0], str)
+        else [list(stream) for stream in references]
+    )
     for i, stream in enumerate([list(hypotheses), *streams]):
         name = "hypotheses" if i == 0 else f"reference stream {i - 1}"
         bad = next((j for j, line in enumerate(stream) if not isinstance(line, str)), None)
         if bad is not None:
             raise TypeError(f"{name}: line {bad} is {type(stream[bad]).__name__}, not str.")
         if len(stream) != len(hypotheses):
-            raise ValueError(f"{name} has {len(stream)} lines but there are {len(hypotheses)} "
-                             "hypotheses; every reference stream needs one line per hypothesis.")
+            raise ValueError(
+                f"{name} has {len(stream)} lines but there are {len(hypotheses)} "
+                "hypotheses; every reference stream needs one line per hypothesis."
+            )
     return streams
 
 
@@ -47,14 +52,20 @@ def _nonempty_streams(
     """`_reference_streams`, refusing an empty corpus (sacreBLEU fails on it with IndexError)."""
     streams = _reference_streams(hypotheses, references)
     if not hypotheses:
-        raise ValueError(f"{name}: the corpus is empty (no hypotheses, no references); "
-                         "corpus scores are undefined without sentences.")
+        raise ValueError(
+            f"{name}: the corpus is empty (no hypotheses, no references); "
+            "corpus scores are undefined without sentences."
+        )
     return streams
 
 
 def corpus_bleu(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *,
-    tokenize: str = "13a", lowercase: bool = False, smooth_method: str = "exp"
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    tokenize: str = "13a",
+    lowercase: bool = False,
+    smooth_method: str = "exp",
 ) -> MetricResult:
     """Corpus BLEU computed by sacreBLEU.
 
@@ -76,19 +87,25 @@ def corpus_bleu(
     """
     streams = _nonempty_streams("corpus_bleu", hypotheses, references)
     if tokenize not in sacrebleu.BLEU.TOKENIZERS:
-        raise ValueError(f"unknown sacreBLEU tokenize={tokenize!r}; one of "
-                         f"{sorted(sacrebleu.BLEU.TOKENIZERS)}.")
+        raise ValueError(
+            f"unknown sacreBLEU tokenize={tokenize!r}; one of {sorted(sacrebleu.BLEU.TOKENIZERS)}."
+        )
     if smooth_method not in sacrebleu.BLEU.SMOOTH_DEFAULTS:
-        raise ValueError(f"unknown smooth_method={smooth_method!r}; one of "
-                         f"{sorted(sacrebleu.BLEU.SMOOTH_DEFAULTS)}.")
+        raise ValueError(
+            f"unknown smooth_method={smooth_method!r}; one of "
+            f"{sorted(sacrebleu.BLEU.SMOOTH_DEFAULTS)}."
+        )
     metric = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase, smooth_method=smooth_method)
     score = metric.corpus_score(list(hypotheses), streams)
     return MetricResult(float(score.score), str(metric.get_signature()))
 
 
 def corpus_chrf(
-    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *,
-    word_order: int = 0, lowercase: bool = False
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    word_order: int = 0,
+    lowercase: bool = False,
 ) -> MetricResult:
     """Corpus chrF (word_order=0) or chrF++ (word_order=2) computed by sacreBLEU.
 

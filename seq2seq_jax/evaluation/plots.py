@@ -21,26 +21,35 @@ _MARGIN_INCHES = 1.6  # room for tick labels, colorbar and title
 _MAX_INCHES = 60.0
 
 
-def _check_alignment(weights: Any, source_tokens: Sequence[str], output_tokens: Sequence[str],
-                     where: str) -> np.ndarray:
+def _check_alignment(
+    weights: Any, source_tokens: Sequence[str], output_tokens: Sequence[str], where: str
+) -> np.ndarray:
     """Returns weights as float [T, S]; raises ValueError naming `where` on a mismatch."""
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2:
-        raise ValueError(f"{where}: attention weights must be 2-D [output, source], got shape "
-                         f"{weights.shape}.")
+        raise ValueError(
+            f"{where}: attention weights must be 2-D [output, source], got shape {weights.shape}."
+        )
     expected = (len(output_tokens), len(source_tokens))
     if weights.shape != expected:
-        raise ValueError(f"{where}: attention weights have shape {weights.shape} but there are "
-                         f"{expected[0]} output tokens and {expected[1]} source tokens "
-                         f"(expected {expected}).")
+        raise ValueError(
+            f"{where}: attention weights have shape {weights.shape} but there are "
+            f"{expected[0]} output tokens and {expected[1]} source tokens "
+            f"(expected {expected})."
+        )
     if not np.isfinite(weights).all():
         raise ValueError(f"{where}: attention weights contain NaN or infinity.")
     return weights
 
 
 def plot_attention(
-    weights: Any, source_tokens: Sequence[str], output_tokens: Sequence[str],
-    path: str | os.PathLike, *, title: str | None = None, dpi: int = 100
+    weights: Any,
+    source_tokens: Sequence[str],
+    output_tokens: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    dpi: int = 100,
 ) -> str:
     """Writes an alignment heatmap: source tokens along x (top), output tokens down y.
 
@@ -66,15 +75,19 @@ def plot_attention(
     weights = _check_alignment(weights, source_tokens, output_tokens, f"plot_attention({path})")
     rows, cols = weights.shape
     if rows == 0 or cols == 0:
-        raise ValueError(f"plot_attention({path}): nothing to plot, {rows} output and {cols} "
-                         "source tokens.")
-    size = (min(_MAX_INCHES, _MARGIN_INCHES + 1.0 + _CELL_INCHES * max(cols, 1)),
-            min(_MAX_INCHES, _MARGIN_INCHES + _CELL_INCHES * max(rows, 1)))
+        raise ValueError(
+            f"plot_attention({path}): nothing to plot, {rows} output and {cols} source tokens."
+        )
+    size = (
+        min(_MAX_INCHES, _MARGIN_INCHES + 1.0 + _CELL_INCHES * max(cols, 1)),
+        min(_MAX_INCHES, _MARGIN_INCHES + _CELL_INCHES * max(rows, 1)),
+    )
     fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    image = ax.imshow(weights, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        weights, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
+    )
     ax.set_xticks(range(cols), labels=list(source_tokens), rotation=90, fontsize=9)
     ax.set_yticks(range(rows), labels=list(output_tokens), fontsize=9)
     ax.xaxis.tick_top()
@@ -108,19 +121,25 @@ class AlignmentRecord:
 
     def to_json(self, decimals: int = 6) -> str:
         """One JSON line: index, source_tokens, output_tokens, weights (rounded lists)."""
-        weights = _check_alignment(self.weights, self.source_tokens, self.output_tokens,
-                                   f"alignment record {self.index}")
-        return json.dumps({
-            "index": int(self.index),
-            "source_tokens": list(self.source_tokens),
-            "output_tokens": list(self.output_tokens),
-            "weights": np.round(weights, decimals).tolist(),
-        }, ensure_ascii=False)
+        weights = _check_alignment(
+            self.weights, self.source_tokens, self.output_tokens, f"alignment record {self.index}"
+        )
+        return json.dumps(
+            {
+                "index": int(self.index),
+                "source_tokens": list(self.source_tokens),
+                "output_tokens": list(self.output_tokens),
+                "weights": np.round(weights, decimals).tolist(),
+            },
+            ensure_ascii=False,
+        )
 
 
 def write_alignments_jsonl(
-    path: str | os.PathLike, records: Iterable[AlignmentRecord | Mapping[str, Any]],
-    *, decimals: int = 6
+    path: str | os.PathLike,
+    records: Iterable[AlignmentRecord | Mapping[str, Any]],
+    *,
+    decimals: int = 6,
 ) -> int:
     """Writes one JSON object per line: {"index", "source_tokens", "output_tokens", "weights"}.
 
@@ -145,8 +164,12 @@ def write_alignments_jsonl(
                 missing = {"index", "source_tokens", "output_tokens", "weights"} - set(record)
                 if missing:
                     raise KeyError(f"alignment record {count} lacks keys {sorted(missing)}.")
-                record = AlignmentRecord(record["index"], record["source_tokens"],
-                                         record["output_tokens"], record["weights"])
+                record = AlignmentRecord(
+                    record["index"],
+                    record["source_tokens"],
+                    record["output_tokens"],
+                    record["weights"],
+                )
             f.write(record.to_json(decimals) + "\n")
             count += 1
     return count
@@ -160,7 +183,11 @@ def read_alignments_jsonl(path: str | os.PathLike) -> list[AlignmentRecord]:
             if line.strip():
                 obj = json.loads(line)
                 weights = np.asarray(obj["weights"], np.float64).reshape(
-                    len(obj["output_tokens"]), len(obj["source_tokens"]))
-                records.append(AlignmentRecord(obj["index"], obj["source_tokens"],
-                                               obj["output_tokens"], weights))
+                    len(obj["output_tokens"]), len(obj["source_tokens"])
+                )
+                records.append(
+                    AlignmentRecord(
+                        obj["index"], obj["source_tokens"], obj["output_tokens"], weights
+                    )
+                )
     return records

@@ -70,8 +70,7 @@ def batch_rows(num_sentences: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, num_sentences - 1).bit_length())
 
 
-def plan_batches(lengths: Sequence[int], *, batch_size: int,
-                 widths: Sequence[int]) -> list[Batch]:
+def plan_batches(lengths: Sequence[int], *, batch_size: int, widths: Sequence[int]) -> list[Batch]:
     """Sorts sentences by length and groups them into batches (empty sentences are skipped).
 
     Args:
@@ -85,28 +84,31 @@ def plan_batches(lengths: Sequence[int], *, batch_size: int,
     """
     lengths = np.asarray(lengths, np.int64)
     if lengths.size and lengths.max() > widths[-1]:
-        raise ValueError(f"a sentence has {lengths.max()} tokens, more than the widest bucket "
-                         f"{widths[-1]}")
+        raise ValueError(
+            f"a sentence has {lengths.max()} tokens, more than the widest bucket {widths[-1]}"
+        )
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
     batches = []
     for start in range(0, len(order), batch_size):
-        indices = np.asarray(order[start:start + batch_size], np.int64)
+        indices = np.asarray(order[start : start + batch_size], np.int64)
         longest = int(lengths[indices].max())
         width = next(w for w in widths if w >= longest)
         batches.append(Batch(indices, width))
     return batches
 
 
-def encode_sources(texts: Sequence[str], tokenizer: Any,
-                   max_source_length: int) -> tuple[list[np.ndarray], list[int]]:
+def encode_sources(
+    texts: Sequence[str], tokenizer: Any, max_source_length: int
+) -> tuple[list[np.ndarray], list[int]]:
     """Token ids + EOS of each text (empty text: no ids), cut to `max_source_length` keeping EOS.
 
     Returns:
       (ids int32 [S_i] per text, indices of the truncated texts).
     """
     if max_source_length < 2:
-        raise ValueError(f"max_source_length must be >= 2 (a token and EOS), got "
-                         f"{max_source_length}")
+        raise ValueError(
+            f"max_source_length must be >= 2 (a token and EOS), got {max_source_length}"
+        )
     ids, truncated = [], []
     for i, tokens in enumerate(tokenizer.encode_batch(list(texts))):
         if not texts[i].strip():
@@ -114,7 +116,7 @@ def encode_sources(texts: Sequence[str], tokenizer: Any,
             continue
         if len(tokens) + 1 > max_source_length:
             truncated.append(i)
-            tokens = tokens[:max_source_length - 1]
+            tokens = tokens[: max_source_length - 1]
         ids.append(np.asarray([*tokens, tokenizer.eos_id], np.int32))
     return ids, truncated
 
@@ -128,16 +130,22 @@ def batch_sources(batch: Batch, source_ids: Sequence[np.ndarray], rows: int) -> 
     """inputs int32 [rows, S] of a batch: its sources padded with 0, filler rows copying row 0."""
     inputs = np.zeros((rows, batch.width), np.int32)
     for row, i in enumerate(batch.indices):
-        inputs[row, :len(source_ids[i])] = source_ids[i]
-    inputs[len(batch.indices):] = inputs[0]  # Copies of a real row; outputs dropped.
+        inputs[row, : len(source_ids[i])] = source_ids[i]
+    inputs[len(batch.indices) :] = inputs[0]  # Copies of a real row; outputs dropped.
     return inputs
 
 
 def source_limits(source_lengths: np.ndarray, search: SearchConfig) -> np.ndarray:
     """int32 per-sentence output limits `min(max_length, ceil(ratio * length + offset))`."""
-    return np.asarray(max_length_from_source(
-        np.asarray(source_lengths), a=search.length_ratio, b=search.length_offset,
-        cap=search.max_length), np.int32)
+    return np.asarray(
+        max_length_from_source(
+            np.asarray(source_lengths),
+            a=search.length_ratio,
+            b=search.length_offset,
+            cap=search.max_length,
+        ),
+        np.int32,
+    )
 
 
 def one_line(text: str) -> str:

@@ -76,9 +76,14 @@ def _spec(shape: Sequence[Any], dtype: Any) -> str:
 
 def program_signature(rows: int | str, width: int, max_length: int) -> dict[str, Any]:
     """The shapes of one program's data inputs and outputs, as the manifest records them."""
-    return {"inputs": _spec((rows, width), np.int32), "limits": _spec((rows,), np.int32),
-            "alpha": _spec((), np.float32), "tokens": _spec((rows, max_length), np.int32),
-            "lengths": _spec((rows,), np.int32), "scores": _spec((rows,), np.float32)}
+    return {
+        "inputs": _spec((rows, width), np.int32),
+        "limits": _spec((rows,), np.int32),
+        "alpha": _spec((), np.float32),
+        "tokens": _spec((rows, max_length), np.int32),
+        "lengths": _spec((rows,), np.int32),
+        "scores": _spec((rows,), np.float32),
+    }
 
 
 def _check(condition: bool, directory: Path, message: str) -> None:
@@ -96,19 +101,27 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / MANIFEST_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(f"no exported translator in {directory} ({MANIFEST_FILENAME} "
-                                "missing; write one with python -m seq2seq_jax.export)")
+        raise FileNotFoundError(
+            f"no exported translator in {directory} ({MANIFEST_FILENAME} "
+            "missing; write one with python -m seq2seq_jax.export)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ExportError(f"export {directory}: {MANIFEST_FILENAME} is not JSON ({e})") from None
-    _check(manifest.get("format") == FORMAT and manifest.get("version") == FORMAT_VERSION,
-           directory, f"{MANIFEST_FILENAME} is not a {FORMAT} version {FORMAT_VERSION} manifest")
+    _check(
+        manifest.get("format") == FORMAT and manifest.get("version") == FORMAT_VERSION,
+        directory,
+        f"{MANIFEST_FILENAME} is not a {FORMAT} version {FORMAT_VERSION} manifest",
+    )
     platform = jax.default_backend()
     platforms = list(manifest.get("platforms", []))
-    _check(platform in platforms, directory,
-           f"exported for platform {','.join(platforms) or '?'} but JAX runs on {platform} "
-           f"here (jax {jax.__version__}); export again on this platform")
+    _check(
+        platform in platforms,
+        directory,
+        f"exported for platform {','.join(platforms) or '?'} but JAX runs on {platform} "
+        f"here (jax {jax.__version__}); export again on this platform",
+    )
     return manifest
 
 
@@ -136,7 +149,8 @@ class ExportedTranslator:
         self.batch_size = int(manifest["batch_size"])
         self.symbolic_batch = bool(manifest["symbolic_batch"])
         self.source_tokenizer, self.target_tokenizer = load_tokenizers(
-            str(directory / TOKENIZER_DIRNAME))
+            str(directory / TOKENIZER_DIRNAME)
+        )
         self._weights = self._load_weights()
         self._programs: dict[int, Callable[..., Any]] = {}
         for width in self.widths:
@@ -151,17 +165,22 @@ class ExportedTranslator:
             raise FileNotFoundError(f"export {self.directory}: {WEIGHTS_FILENAME} missing")
         leaves = self.manifest["weights"]
         with np.load(path) as stored:
-            _check(len(stored.files) == len(leaves), self.directory,
-                   f"{WEIGHTS_FILENAME} holds {len(stored.files)} arrays, the manifest "
-                   f"{len(leaves)}")
+            _check(
+                len(stored.files) == len(leaves),
+                self.directory,
+                f"{WEIGHTS_FILENAME} holds {len(stored.files)} arrays, the manifest {len(leaves)}",
+            )
             arrays = []
             for k, entry in enumerate(leaves):
                 array = stored[f"leaf_{k:05d}"]
                 if entry["dtype"] in _BITS:
                     array = array.view(jnp.dtype(entry["dtype"]))
-                _check(list(array.shape) == entry["shape"] and str(array.dtype) == entry["dtype"],
-                       self.directory, f"weight {k} is {array.dtype}{list(array.shape)}, the "
-                       f"manifest says {entry['dtype']}{entry['shape']}")
+                _check(
+                    list(array.shape) == entry["shape"] and str(array.dtype) == entry["dtype"],
+                    self.directory,
+                    f"weight {k} is {array.dtype}{list(array.shape)}, the "
+                    f"manifest says {entry['dtype']}{entry['shape']}",
+                )
                 arrays.append(array)
         return [jax.device_put(a) for a in arrays]
 
@@ -170,9 +189,12 @@ class ExportedTranslator:
         if not path.is_file():
             raise FileNotFoundError(f"export {self.directory}: {path.name} missing")
         exported = jax.export.deserialize(bytearray(path.read_bytes()))
-        _check(jax.default_backend() in exported.platforms, self.directory,
-               f"{path.name} was lowered for {','.join(exported.platforms)}, not "
-               f"{jax.default_backend()}")
+        _check(
+            jax.default_backend() in exported.platforms,
+            self.directory,
+            f"{path.name} was lowered for {','.join(exported.platforms)}, not "
+            f"{jax.default_backend()}",
+        )
         rows = "b" if self.symbolic_batch else self.batch_size
         expected = program_signature(rows, width, self.search.max_length)
         weights = [_spec(e["shape"], jnp.dtype(e["dtype"])) for e in self.manifest["weights"]]
@@ -186,7 +208,8 @@ class ExportedTranslator:
                 f"({', '.join(got_in[n:])}) -> ({', '.join(got_out)}) with "
                 f"{len(got_in) - 3} weights, but the manifest says ({', '.join(inputs[n:])}) -> "
                 f"({', '.join(outputs)}) with {n}: the files do not belong together; export "
-                "again")
+                "again"
+            )
         return jax.jit(exported.call)
 
     def __call__(self, texts: Sequence[str]) -> list[str]:
@@ -196,10 +219,12 @@ class ExportedTranslator:
     def translate(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         """(text, search score) of each text; a blank text gives ("", 0.0)."""
         texts = list(texts)
-        source_ids, self.truncated = encode_sources(texts, self.source_tokenizer,
-                                                    self.max_source_length)
-        batches = plan_batches([len(s) for s in source_ids], batch_size=self.batch_size,
-                               widths=self.widths)
+        source_ids, self.truncated = encode_sources(
+            texts, self.source_tokenizer, self.max_source_length
+        )
+        batches = plan_batches(
+            [len(s) for s in source_ids], batch_size=self.batch_size, widths=self.widths
+        )
         sentences = sum(len(b.indices) for b in batches)
         rows = batch_rows(sentences, self.batch_size) if self.symbolic_batch else self.batch_size
         self.stats = TranslateStats(sentences=sentences, batches=len(batches))
@@ -210,8 +235,9 @@ class ExportedTranslator:
         def dispatch(batch: Batch) -> Any:
             index = row_index(batch, rows)
             limits = source_limits(np.asarray([len(source_ids[i]) for i in index]), self.search)
-            return self._programs[batch.width](self._weights, batch_sources(batch, source_ids,
-                                                                            rows), limits, alpha)
+            return self._programs[batch.width](
+                self._weights, batch_sources(batch, source_ids, rows), limits, alpha
+            )
 
         start, pending = time.perf_counter(), None
         for batch in [*batches, None]:  # Dispatch batch k+1 before reading batch k's results.
@@ -219,9 +245,11 @@ class ExportedTranslator:
             if pending is not None:
                 done, (tokens, lengths, scores) = pending[0], jax.device_get(pending[1])
                 for row, i in enumerate(done.indices):
-                    ids = tokens[row, :int(lengths[row])].tolist()
-                    results[int(i)] = (one_line(self.target_tokenizer.decode(ids)),
-                                       float(scores[row]))
+                    ids = tokens[row, : int(lengths[row])].tolist()
+                    results[int(i)] = (
+                        one_line(self.target_tokenizer.decode(ids)),
+                        float(scores[row]),
+                    )
             pending = None if batch is None else (batch, outputs)
         self.stats.decode_seconds = time.perf_counter() - start
         return results
@@ -234,8 +262,11 @@ class ExportedTranslator:
                 continue
             inputs = np.zeros((rows, width), np.int32)
             inputs[:, 0] = self.source_tokenizer.eos_id
-            jax.block_until_ready(self._programs[width](
-                self._weights, inputs, np.ones((rows,), np.int32), np.float32(0.0)))
+            jax.block_until_ready(
+                self._programs[width](
+                    self._weights, inputs, np.ones((rows,), np.int32), np.float32(0.0)
+                )
+            )
             self._compiled.add((rows, width))
             self.stats.programs_compiled += 1
         self.stats.compile_seconds = time.perf_counter() - start

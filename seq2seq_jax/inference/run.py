@@ -101,7 +101,7 @@ def read_lines(path: str | None) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise ValueError(f"{name}, line {line}: not valid UTF-8 ({e.reason})") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -124,33 +124,47 @@ def _members(restored: RestoredModel | Sequence[RestoredModel]) -> list[Restored
     return list(restored) if isinstance(restored, list | tuple) else [restored]
 
 
-def search_config(options: DecodeOptions,
-                  restored: RestoredModel | Sequence[RestoredModel]) -> SearchConfig:
+def search_config(
+    options: DecodeOptions, restored: RestoredModel | Sequence[RestoredModel]
+) -> SearchConfig:
     """Resolves the search options: flags first, then the run's `config.eval`, then defaults
     (an ensemble: the first workdir's config, the smallest length cap of its models)."""
     restored = _members(restored)
     first = restored[0]
     if options.max_length is not None and options.max_length < 1:
-        raise ValueError(f"--max_length must be >= 1 (tokens, EOS included), got "
-                         f"{options.max_length}")
-    given = {name: getattr(options, name) for name in ("beam_size", "alpha", "max_length")
-             if getattr(options, name) is not None}
-    if "beam_size" not in given and (options.sample or "beam_size" not in
-                                     first.config.get("eval", {})):
+        raise ValueError(
+            f"--max_length must be >= 1 (tokens, EOS included), got {options.max_length}"
+        )
+    given = {
+        name: getattr(options, name)
+        for name in ("beam_size", "alpha", "max_length")
+        if getattr(options, name) is not None
+    }
+    if "beam_size" not in given and (
+        options.sample or "beam_size" not in first.config.get("eval", {})
+    ):
         given["beam_size"] = 1 if options.sample else DEFAULT_BEAM_SIZE
     search = SearchConfig.from_config(
-        first.config, **given, length_ratio=options.length_ratio,
-        length_offset=options.length_offset, sample=options.sample,
-        temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-        seed=options.seed, nbest=options.nbest)
+        first.config,
+        **given,
+        length_ratio=options.length_ratio,
+        length_offset=options.length_offset,
+        sample=options.sample,
+        temperature=options.temperature,
+        top_k=options.top_k,
+        top_p=options.top_p,
+        seed=options.seed,
+        nbest=options.nbest,
+    )
     if not 1 <= search.nbest <= search.beam_size:
-        raise ValueError(f"--nbest={search.nbest} must be between 1 and the beam size "
-                         f"{search.beam_size} (--beam_size)")
+        raise ValueError(
+            f"--nbest={search.nbest} must be between 1 and the beam size "
+            f"{search.beam_size} (--beam_size)"
+        )
     cap = model_length_cap(restored)
     if cap is not None and search.max_length > cap:
         if options.max_length:
-            raise ValueError(f"--max_length={search.max_length} exceeds the model's max_len "
-                             f"{cap}")
+            raise ValueError(f"--max_length={search.max_length} exceeds the model's max_len {cap}")
         search = dataclasses.replace(search, max_length=cap)
     return search.validate()
 
@@ -163,40 +177,51 @@ def model_length_cap(restored: RestoredModel | Sequence[RestoredModel]) -> int |
     return min(caps) if caps else None
 
 
-def max_source_length(options: DecodeOptions,
-                      restored: RestoredModel | Sequence[RestoredModel]) -> int:
+def max_source_length(
+    options: DecodeOptions, restored: RestoredModel | Sequence[RestoredModel]
+) -> int:
     """`--max_source_length`, else the run's `data.max_source_length` (EOS included)."""
-    length = options.max_source_length or int(
-        _members(restored)[0].config.data.max_source_length)
+    length = options.max_source_length or int(_members(restored)[0].config.data.max_source_length)
     cap = model_length_cap(restored)
     if cap is not None and length > cap:
         raise ValueError(f"--max_source_length={length} exceeds the model's max_len {cap}")
     return length
 
 
-def _warn_truncated(translations: Sequence[Translation], limit: int, *,
-                    first_index: int = 0) -> None:
-    _warn_truncated_lines([i + 1 for i, t in enumerate(translations, first_index)
-                           if t.truncated], limit)
+def _warn_truncated(
+    translations: Sequence[Translation], limit: int, *, first_index: int = 0
+) -> None:
+    _warn_truncated_lines(
+        [i + 1 for i, t in enumerate(translations, first_index) if t.truncated], limit
+    )
 
 
 def _warn_truncated_lines(lines: Sequence[int], limit: int) -> None:
     """One warning naming the (1-based) input lines truncated to `limit` tokens."""
     if not lines:
         return
-    listed = ", ".join(map(str, lines[:_MAX_LISTED])) + (", ..." if len(lines) > _MAX_LISTED
-                                                         else "")
-    log.warning("%d input line(s) longer than %d tokens (EOS included) were truncated to it: "
-                "line %s", len(lines), limit, listed)
+    listed = ", ".join(map(str, lines[:_MAX_LISTED])) + (
+        ", ..." if len(lines) > _MAX_LISTED else ""
+    )
+    log.warning(
+        "%d input line(s) longer than %d tokens (EOS included) were truncated to it: line %s",
+        len(lines),
+        limit,
+        listed,
+    )
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
     """sacreBLEU BLEU and chrF with their signatures, and exact match (percent)."""
     bleu = evaluation.corpus_bleu(hypotheses, references)
     chrf = evaluation.corpus_chrf(hypotheses, references)
-    return {"bleu": bleu.score, "bleu_signature": bleu.signature, "chrf": chrf.score,
-            "chrf_signature": chrf.signature,
-            "exact_match": evaluation.exact_match(hypotheses, references)}
+    return {
+        "bleu": bleu.score,
+        "bleu_signature": bleu.signature,
+        "chrf": chrf.score,
+        "chrf_signature": chrf.signature,
+        "exact_match": evaluation.exact_match(hypotheses, references),
+    }
 
 
 def _label(piece: str) -> str:
@@ -209,37 +234,51 @@ def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.id_to_piece(int(i)) for i in ids]
 
 
-def plot_alignments(translations: Sequence[Translation], restored: RestoredModel,
-                    directory: str, indices: Sequence[int], sources: Sequence[str]) -> list[str]:
+def plot_alignments(
+    translations: Sequence[Translation],
+    restored: RestoredModel,
+    directory: str,
+    indices: Sequence[int],
+    sources: Sequence[str],
+) -> list[str]:
     """Writes `DIRECTORY/alignment_<index>.png` (0-based input index) for each index."""
     paths = []
     for i in indices:
         t = translations[i]
         title = sources[i] if len(sources[i]) <= 60 else sources[i][:57] + "..."
-        paths.append(evaluation.plot_attention(
-            t.attention, [_label(p) for p in _pieces(restored.source_tokenizer, t.source_ids)],
-            [_label(p) for p in _pieces(restored.target_tokenizer, t.output_ids)],
-            Path(directory) / f"alignment_{i:05d}.png",
-            title=f"line {i + 1}: {_label(title)}"))
+        paths.append(
+            evaluation.plot_attention(
+                t.attention,
+                [_label(p) for p in _pieces(restored.source_tokenizer, t.source_ids)],
+                [_label(p) for p in _pieces(restored.target_tokenizer, t.output_ids)],
+                Path(directory) / f"alignment_{i:05d}.png",
+                title=f"line {i + 1}: {_label(title)}",
+            )
+        )
     return paths
 
 
-def alignment_records(translations: Sequence[Translation], restored: RestoredModel, *,
-                      first_index: int = 0) -> Iterator[evaluation.AlignmentRecord]:
+def alignment_records(
+    translations: Sequence[Translation], restored: RestoredModel, *, first_index: int = 0
+) -> Iterator[evaluation.AlignmentRecord]:
     """One `AlignmentRecord` per input line (empty lines: no tokens, weights [0, 0])."""
     for i, t in enumerate(translations, first_index):
         weights = t.attention if t.attention is not None else np.zeros((0, 0), np.float32)
         yield evaluation.AlignmentRecord(
-            i, _pieces(restored.source_tokenizer, t.source_ids),
-            _pieces(restored.target_tokenizer, t.output_ids), weights)
+            i,
+            _pieces(restored.source_tokenizer, t.source_ids),
+            _pieces(restored.target_tokenizer, t.output_ids),
+            weights,
+        )
 
 
-def _attention_indices(options: DecodeOptions, sources: Sequence[str]) -> tuple[range | list[int],
-                                                                              list[int]]:
+def _attention_indices(
+    options: DecodeOptions, sources: Sequence[str]
+) -> tuple[range | list[int], list[int]]:
     """(indices whose attention is kept, indices plotted: the first N non-empty lines)."""
     plotted = []
     if options.plot_attention:
-        plotted = [i for i, s in enumerate(sources) if s.strip()][:max(options.num_plots, 0)]
+        plotted = [i for i, s in enumerate(sources) if s.strip()][: max(options.num_plots, 0)]
     keep = range(len(sources)) if options.alignments else plotted
     return keep, plotted
 
@@ -258,15 +297,19 @@ def hard_alignment(t: Translation, eos_id: int) -> list[tuple[int, int]]:
     return [(int(i), j) for j, i in enumerate(best)]
 
 
-def alignment_lines(translations: Sequence[Translation], restored: RestoredModel,
-                    alignment_format: str, *, first_index: int = 0) -> list[str]:
+def alignment_lines(
+    translations: Sequence[Translation],
+    restored: RestoredModel,
+    alignment_format: str,
+    *,
+    first_index: int = 0,
+) -> list[str]:
     """The `--alignments` file's lines: JSON-lines weights, or one Pharaoh line `i-j ...` per
     input line (an empty input gives an empty line)."""
     if alignment_format == "pharaoh":
         eos = restored.source_tokenizer.eos_id
         return [" ".join(f"{i}-{j}" for i, j in hard_alignment(t, eos)) for t in translations]
-    return [r.to_json() for r in alignment_records(translations, restored,
-                                                   first_index=first_index)]
+    return [r.to_json() for r in alignment_records(translations, restored, first_index=first_index)]
 
 
 def hypotheses(t: Translation) -> list[Hypothesis]:
@@ -276,8 +319,9 @@ def hypotheses(t: Translation) -> list[Hypothesis]:
     return [Hypothesis(t.text, t.output_ids, t.score, t.log_prob)]
 
 
-def nbest_lines(translations: Sequence[Translation], nbest_format: str, *,
-                first_index: int = 0) -> list[str]:
+def nbest_lines(
+    translations: Sequence[Translation], nbest_format: str, *, first_index: int = 0
+) -> list[str]:
     """The `--nbest_output` lines: per input line (0-based `index`), its hypotheses best first,
     as JSON (`index, rank, text, score, log_prob, length`) or Moses `index ||| text ||| score`.
     An empty input line has one empty hypothesis of score 0."""
@@ -287,9 +331,19 @@ def nbest_lines(translations: Sequence[Translation], nbest_format: str, *,
             if nbest_format == "moses":
                 lines.append(f"{index} ||| {h.text} ||| {h.score!r}")
             else:
-                lines.append(json.dumps({"index": index, "rank": rank, "text": h.text,
-                                         "score": h.score, "log_prob": h.log_prob,
-                                         "length": int(len(h.output_ids))}, ensure_ascii=False))
+                lines.append(
+                    json.dumps(
+                        {
+                            "index": index,
+                            "rank": rank,
+                            "text": h.text,
+                            "score": h.score,
+                            "log_prob": h.log_prob,
+                            "length": int(len(h.output_ids)),
+                        },
+                        ensure_ascii=False,
+                    )
+                )
     return lines
 
 
@@ -303,34 +357,54 @@ def score_lines(scored: Sequence[Translation], score_format: str) -> list[str]:
             lines.append(repr(t.score) if tokens else "")
             continue
         score = t.score if tokens else None
-        lines.append(json.dumps({"index": index, "score": score, "tokens": tokens,
-                                 "mean": t.score / tokens if tokens else None}))
+        lines.append(
+            json.dumps(
+                {
+                    "index": index,
+                    "score": score,
+                    "tokens": tokens,
+                    "mean": t.score / tokens if tokens else None,
+                }
+            )
+        )
     return lines
 
 
-def _report(stats: TranslateStats, search: SearchConfig | None,
-            restored: Sequence[RestoredModel]) -> dict[str, Any]:
+def _report(
+    stats: TranslateStats, search: SearchConfig | None, restored: Sequence[RestoredModel]
+) -> dict[str, Any]:
     first = restored[0]
     mode = search.mode if search is not None else "score"
-    summary = {"checkpoint_step": first.step, "mode": mode,
-               "beam_size": search.beam_size if search else None,
-               "alpha": search.alpha if search else None,
-               "max_length": search.max_length if search else None,
-               "dtype": first.model_config.dtype, "sentences": stats.sentences,
-               "programs_compiled": stats.programs_compiled,
-               "compile_seconds": stats.compile_seconds,
-               "decode_seconds": stats.decode_seconds,
-               "sentences_per_second": stats.sentences_per_second}
+    summary = {
+        "checkpoint_step": first.step,
+        "mode": mode,
+        "beam_size": search.beam_size if search else None,
+        "alpha": search.alpha if search else None,
+        "max_length": search.max_length if search else None,
+        "dtype": first.model_config.dtype,
+        "sentences": stats.sentences,
+        "programs_compiled": stats.programs_compiled,
+        "compile_seconds": stats.compile_seconds,
+        "decode_seconds": stats.decode_seconds,
+        "sentences_per_second": stats.sentences_per_second,
+    }
     if search is not None:
         summary["nbest"] = search.nbest
     if len(restored) > 1:
         summary.update(ensemble=len(restored), checkpoint_steps=[r.step for r in restored])
-    log.info("%s %d sentences (%s) with step %d%s in %.2f s: %.1f sentences/s "
-             "(+%.1f s compiling %d programs)", "scored" if search is None else "decoded",
-             stats.sentences, mode, first.step,
-             f" (an ensemble of {len(restored)})" if len(restored) > 1 else "",
-             stats.decode_seconds, stats.sentences_per_second, stats.compile_seconds,
-             stats.programs_compiled)
+    log.info(
+        "%s %d sentences (%s) with step %d%s in %.2f s: %.1f sentences/s "
+        "(+%.1f s compiling %d programs)",
+        "scored" if search is None else "decoded",
+        stats.sentences,
+        mode,
+        first.step,
+        f" (an ensemble of {len(restored)})" if len(restored) > 1 else "",
+        stats.decode_seconds,
+        stats.sentences_per_second,
+        stats.compile_seconds,
+        stats.programs_compiled,
+    )
     return summary
 
 
@@ -351,34 +425,44 @@ def check_options(options: DecodeOptions) -> None:
             raise ValueError("give either --workdir or --exported, not both")
         defaults = DecodeOptions()
         for field in dataclasses.fields(DecodeOptions):
-            if field.name not in EXPORTED_OPTIONS and (getattr(options, field.name)
-                                                       != getattr(defaults, field.name)):
-                raise ValueError(f"--{field.name} needs the model (--workdir): an exported "
-                                 "translator takes only --input, --output, --reference, "
-                                 "--metrics_file (its search is set by python -m "
-                                 "seq2seq_jax.export)")
+            if field.name not in EXPORTED_OPTIONS and (
+                getattr(options, field.name) != getattr(defaults, field.name)
+            ):
+                raise ValueError(
+                    f"--{field.name} needs the model (--workdir): an exported "
+                    "translator takes only --input, --output, --reference, "
+                    "--metrics_file (its search is set by python -m "
+                    "seq2seq_jax.export)"
+                )
         return
     if options.workdir is None:
         raise ValueError("give --workdir=DIR (a training run) or --exported=EXPORT_DIR")
-    formats = (("nbest_format", NBEST_FORMATS), ("score_format", SCORE_FORMATS),
-               ("alignment_format", ALIGNMENT_FORMATS))
+    formats = (
+        ("nbest_format", NBEST_FORMATS),
+        ("score_format", SCORE_FORMATS),
+        ("alignment_format", ALIGNMENT_FORMATS),
+    )
     for name, choices in formats:
         if getattr(options, name) not in choices:
-            raise ValueError(f"--{name} must be one of {list(choices)}, got "
-                             f"{getattr(options, name)!r}")
+            raise ValueError(
+                f"--{name} must be one of {list(choices)}, got {getattr(options, name)!r}"
+            )
     if options.nbest > 1 and not options.nbest_output:
-        raise ValueError(f"--nbest={options.nbest} writes its lists to --nbest_output=FILE: "
-                         "give one")
+        raise ValueError(
+            f"--nbest={options.nbest} writes its lists to --nbest_output=FILE: give one"
+        )
     if options.alignment_format != ALIGNMENT_FORMATS[0] and not options.alignments:
-        raise ValueError(f"--alignment_format={options.alignment_format} formats the "
-                         "--alignments=FILE: give one")
+        raise ValueError(
+            f"--alignment_format={options.alignment_format} formats the --alignments=FILE: give one"
+        )
     if options.score_targets:
         if options.input in (None, "-"):
             raise ValueError("--score_targets needs the sources in --input=FILE")
         for name in ("reference", "nbest_output", "stream"):
             if getattr(options, name):
-                raise ValueError(f"--{name} does not go with --score_targets (scoring searches "
-                                 "nothing)")
+                raise ValueError(
+                    f"--{name} does not go with --score_targets (scoring searches nothing)"
+                )
     if options.stream:
         if options.input not in (None, "-"):
             raise ValueError("--stream reads stdin line by line: give it without --input")
@@ -388,13 +472,18 @@ def check_options(options: DecodeOptions) -> None:
 
 
 def _restore(options: DecodeOptions) -> list[RestoredModel]:
-    return restore_ensemble(split_workdirs(options.workdir), checkpoint=options.checkpoint,
-                            step=options.checkpoint_step, dtype=options.dtype,
-                            average=options.average_checkpoints)
+    return restore_ensemble(
+        split_workdirs(options.workdir),
+        checkpoint=options.checkpoint,
+        step=options.checkpoint_step,
+        dtype=options.dtype,
+        average=options.average_checkpoints,
+    )
 
 
-def _translator(options: DecodeOptions, restored: Sequence[RestoredModel],
-                search: SearchConfig) -> tuple[BatchTranslator, Any, int]:
+def _translator(
+    options: DecodeOptions, restored: Sequence[RestoredModel], search: SearchConfig
+) -> tuple[BatchTranslator, Any, int]:
     """(translator, params, source limit) of one model or an ensemble (several workdirs)."""
     limit = max_source_length(options, restored)
     first = restored[0]
@@ -403,9 +492,13 @@ def _translator(options: DecodeOptions, restored: Sequence[RestoredModel],
     else:
         model, params = [r.model for r in restored], [r.params for r in restored]
     translator = BatchTranslator(
-        model, search, source_tokenizer=first.source_tokenizer,
-        target_tokenizer=first.target_tokenizer, max_source_length=limit,
-        batch_size=options.batch_size)
+        model,
+        search,
+        source_tokenizer=first.source_tokenizer,
+        target_tokenizer=first.target_tokenizer,
+        max_source_length=limit,
+        batch_size=options.batch_size,
+    )
     return translator, params, limit
 
 
@@ -445,14 +538,17 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
     sources = read_lines(options.input)
     references = read_lines(options.reference) if options.reference else None
     if references is not None and len(references) != len(sources):
-        raise ValueError(f"--reference {options.reference} has {len(references)} lines but the "
-                         f"input has {len(sources)}")
+        raise ValueError(
+            f"--reference {options.reference} has {len(references)} lines but the "
+            f"input has {len(sources)}"
+        )
     restored = _restore(options)
     search = search_config(options, restored)
     translator, params, limit = _translator(options, restored, search)
     keep, plotted = _attention_indices(options, sources)
-    translations = translator.translate(params, sources, attention_for=keep,
-                                        progress=options.progress)
+    translations = translator.translate(
+        params, sources, attention_for=keep, progress=options.progress
+    )
     _warn_truncated(translations, limit)
     hypotheses_ = [t.text for t in translations]
     write_lines(options.output, hypotheses_)
@@ -468,11 +564,13 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
     if options.nbest_output:
         write_lines(options.nbest_output, nbest_lines(translations, options.nbest_format))
     if options.alignments and options.alignment_format == "jsonl":
-        evaluation.write_alignments_jsonl(options.alignments,
-                                          alignment_records(translations, restored[0]))
+        evaluation.write_alignments_jsonl(
+            options.alignments, alignment_records(translations, restored[0])
+        )
     elif options.alignments:
-        write_lines(options.alignments,
-                    alignment_lines(translations, restored[0], options.alignment_format))
+        write_lines(
+            options.alignments, alignment_lines(translations, restored[0], options.alignment_format)
+        )
     _write_metrics(options, summary)
     return summary
 
@@ -485,23 +583,39 @@ def run_exported(options: DecodeOptions) -> dict[str, Any]:
     sources = read_lines(options.input)
     references = read_lines(options.reference) if options.reference else None
     if references is not None and len(references) != len(sources):
-        raise ValueError(f"--reference {options.reference} has {len(references)} lines but the "
-                         f"input has {len(sources)}")
+        raise ValueError(
+            f"--reference {options.reference} has {len(references)} lines but the "
+            f"input has {len(sources)}"
+        )
     translator = load_exported(options.exported)
     outputs = translator(sources)
     _warn_truncated_lines([i + 1 for i in translator.truncated], translator.max_source_length)
     write_lines(options.output, outputs)
     stats, manifest, search = translator.stats, translator.manifest, translator.search
-    summary = {"exported": options.exported, "mode": search.mode, "beam_size": search.beam_size,
-               "alpha": search.alpha, "max_length": search.max_length,
-               "dtype": manifest["dtype"], "checkpoint_steps": [
-                   m["checkpoint_step"] for m in manifest["models"]],
-               "sentences": stats.sentences, "programs_compiled": stats.programs_compiled,
-               "compile_seconds": stats.compile_seconds, "decode_seconds": stats.decode_seconds,
-               "sentences_per_second": stats.sentences_per_second}
-    log.info("decoded %d sentences (%s, exported) in %.2f s: %.1f sentences/s (+%.1f s "
-             "compiling %d programs)", stats.sentences, search.mode, stats.decode_seconds,
-             stats.sentences_per_second, stats.compile_seconds, stats.programs_compiled)
+    summary = {
+        "exported": options.exported,
+        "mode": search.mode,
+        "beam_size": search.beam_size,
+        "alpha": search.alpha,
+        "max_length": search.max_length,
+        "dtype": manifest["dtype"],
+        "checkpoint_steps": [m["checkpoint_step"] for m in manifest["models"]],
+        "sentences": stats.sentences,
+        "programs_compiled": stats.programs_compiled,
+        "compile_seconds": stats.compile_seconds,
+        "decode_seconds": stats.decode_seconds,
+        "sentences_per_second": stats.sentences_per_second,
+    }
+    log.info(
+        "decoded %d sentences (%s, exported) in %.2f s: %.1f sentences/s (+%.1f s "
+        "compiling %d programs)",
+        stats.sentences,
+        search.mode,
+        stats.decode_seconds,
+        stats.sentences_per_second,
+        stats.compile_seconds,
+        stats.programs_compiled,
+    )
     if references is not None and sources:
         summary.update(score(outputs, references))
         _print_scores(summary)
@@ -517,31 +631,36 @@ def run_score(options: DecodeOptions) -> dict[str, Any]:
     sources = read_lines(options.input)
     targets = read_lines(options.score_targets)
     if len(targets) != len(sources):
-        raise ValueError(f"--score_targets {options.score_targets} has {len(targets)} lines but "
-                         f"the input {options.input} has {len(sources)}")
+        raise ValueError(
+            f"--score_targets {options.score_targets} has {len(targets)} lines but "
+            f"the input {options.input} has {len(sources)}"
+        )
     restored = _restore(options)
     search = search_config(dataclasses.replace(options, nbest=1), restored)  # Validates lengths.
-    translator, params, limit = _translator(options, restored, dataclasses.replace(
-        search, beam_size=1, sample=False))
+    translator, params, limit = _translator(
+        options, restored, dataclasses.replace(search, beam_size=1, sample=False)
+    )
     keep, plotted = _attention_indices(options, sources)
     try:
-        scored = translator.score(params, sources, targets, attention_for=keep,
-                                  progress=options.progress)
+        scored = translator.score(
+            params, sources, targets, attention_for=keep, progress=options.progress
+        )
     except ValueError as e:
         raise ValueError(f"--score_targets {options.score_targets}, {e}") from None
     _warn_truncated(scored, limit)
     write_lines(options.output, score_lines(scored, options.score_format))
     summary = _report(translator.stats, None, restored)
-    summary.update(**_run_fields(options),
-                   tokens=int(sum(len(t.output_ids) for t in scored)))
+    summary.update(**_run_fields(options), tokens=int(sum(len(t.output_ids) for t in scored)))
     if plotted:
         plot_alignments(scored, restored[0], options.plot_attention, plotted, sources)
     if options.alignments and options.alignment_format == "jsonl":
-        evaluation.write_alignments_jsonl(options.alignments,
-                                          alignment_records(scored, restored[0]))
+        evaluation.write_alignments_jsonl(
+            options.alignments, alignment_records(scored, restored[0])
+        )
     elif options.alignments:
-        write_lines(options.alignments,
-                    alignment_lines(scored, restored[0], options.alignment_format))
+        write_lines(
+            options.alignments, alignment_lines(scored, restored[0], options.alignment_format)
+        )
     _write_metrics(options, summary)
     return summary
 
@@ -604,8 +723,11 @@ def run_stream(options: DecodeOptions) -> dict[str, Any]:
     try:
         while not finished:
             items = [lines.get()]
-            while len(items) < options.batch_size and not isinstance(items[-1], Exception) \
-                    and items[-1] is not _END:
+            while (
+                len(items) < options.batch_size
+                and not isinstance(items[-1], Exception)
+                and items[-1] is not _END
+            ):
                 try:
                     items.append(lines.get_nowait())
                 except queue.Empty:
@@ -616,17 +738,19 @@ def run_stream(options: DecodeOptions) -> dict[str, Any]:
             if received:
                 texts = [text for _, text in received]
                 keep = range(len(texts)) if options.alignments else ()
-                translations = translator.translate(params, texts, attention_for=keep,
-                                                    first_index=index)
+                translations = translator.translate(
+                    params, texts, attention_for=keep, first_index=index
+                )
                 _warn_truncated(translations, limit, first_index=index)
                 output.write([t.text for t in translations])
                 if nbest is not None:
-                    nbest.write(nbest_lines(translations, options.nbest_format,
-                                            first_index=index))
+                    nbest.write(nbest_lines(translations, options.nbest_format, first_index=index))
                 if alignments is not None:
-                    alignments.write(alignment_lines(translations, restored[0],
-                                                     options.alignment_format,
-                                                     first_index=index))
+                    alignments.write(
+                        alignment_lines(
+                            translations, restored[0], options.alignment_format, first_index=index
+                        )
+                    )
                 now = time.perf_counter()
                 latencies.extend(now - arrival for arrival, _ in received)
                 index += len(texts)
@@ -643,13 +767,22 @@ def run_stream(options: DecodeOptions) -> dict[str, Any]:
             if sink is not None:
                 sink.close()
     summary = _report(total, search, restored)
-    summary.update(**_run_fields(options),
-                   lines=index, latency_seconds={
-                       "first": latencies[0] if latencies else None,
-                       "median": float(np.median(latencies)) if latencies else None,
-                       "max": max(latencies) if latencies else None})
+    summary.update(
+        **_run_fields(options),
+        lines=index,
+        latency_seconds={
+            "first": latencies[0] if latencies else None,
+            "median": float(np.median(latencies)) if latencies else None,
+            "max": max(latencies) if latencies else None,
+        },
+    )
     if latencies:
-        log.info("stream: %d lines, latency first %.3f s, median %.3f s, max %.3f s", index,
-                 latencies[0], np.median(latencies), max(latencies))
+        log.info(
+            "stream: %d lines, latency first %.3f s, median %.3f s, max %.3f s",
+            index,
+            latencies[0],
+            np.median(latencies),
+            max(latencies),
+        )
     _write_metrics(options, summary)
     return summary

@@ -58,9 +58,19 @@ from seq2seq_jax.inference.batching import (
 from seq2seq_jax.inference.ensemble import ensemble_step
 
 PyTree = Any
-__all__ = ["Batch", "BatchTranslator", "Hypothesis", "SearchConfig", "TranslateStats",
-           "Translation", "batch_rows", "bucket_widths", "encode_sources", "make_search_fn",
-           "plan_batches"]
+__all__ = [
+    "Batch",
+    "BatchTranslator",
+    "Hypothesis",
+    "SearchConfig",
+    "TranslateStats",
+    "Translation",
+    "batch_rows",
+    "bucket_widths",
+    "encode_sources",
+    "make_search_fn",
+    "plan_batches",
+]
 
 
 @dataclasses.dataclass
@@ -111,23 +121,29 @@ def members(model: nn.Module | Sequence[nn.Module]) -> tuple[nn.Module, ...]:
     return tuple(model) if isinstance(model, list | tuple) else (model,)
 
 
-def _step_and_cache(modules: tuple[nn.Module, ...], params: tuple[PyTree, ...],
-                    inputs: jax.Array, max_decode_length: int) -> tuple[Any, PyTree]:
+def _step_and_cache(
+    modules: tuple[nn.Module, ...],
+    params: tuple[PyTree, ...],
+    inputs: jax.Array,
+    max_decode_length: int,
+) -> tuple[Any, PyTree]:
     """The decoding step over `tokens_to_logits` and the initial cache of `inputs` [B, S]: the
     model's own, or `ensemble_step` of the members' (cache: the tuple of their caches)."""
     steps, caches = [], []
     for model, member_params in zip(modules, params, strict=True):
         variables = {"params": member_params}
-        caches.append(models.init_decode_cache(model, variables, inputs,
-                                               max_decode_length=max_decode_length))
+        caches.append(
+            models.init_decode_cache(model, variables, inputs, max_decode_length=max_decode_length)
+        )
         steps.append(models.make_tokens_to_logits(model, variables))
     if len(steps) == 1:
         return steps[0], caches[0]
     return ensemble_step(steps), tuple(caches)
 
 
-def make_search_fn(model: nn.Module | Sequence[nn.Module], search: SearchConfig, *, bos_id: int,
-                   eos_id: int) -> Callable[..., tuple[jax.Array, ...]]:
+def make_search_fn(
+    model: nn.Module | Sequence[nn.Module], search: SearchConfig, *, bos_id: int, eos_id: int
+) -> Callable[..., tuple[jax.Array, ...]]:
     """A jitted `fn(params, inputs [B, S], limits [B], keys uint32 [B, 2], alpha)`.
 
     It encodes `inputs`, runs the search of `search` with per-row output limits and returns
@@ -140,8 +156,9 @@ def make_search_fn(model: nn.Module | Sequence[nn.Module], search: SearchConfig,
     `model` may be a sequence of models sharing the target vocabulary (an ensemble, see
     `ensemble_step`); `params` is then the sequence of their parameters.
     """
-    compiled_options = dataclasses.replace(search.validate(), alpha=0.0, seed=0,
-                                           length_ratio=0.0, length_offset=0.0)
+    compiled_options = dataclasses.replace(
+        search.validate(), alpha=0.0, seed=0, length_ratio=0.0, length_offset=0.0
+    )
     fn = _search_fn(members(model), compiled_options, int(bos_id), int(eos_id))
     if isinstance(model, list | tuple):
         return fn
@@ -149,41 +166,61 @@ def make_search_fn(model: nn.Module | Sequence[nn.Module], search: SearchConfig,
 
 
 @functools.lru_cache(maxsize=16)
-def _search_fn(modules: tuple[nn.Module, ...], search: SearchConfig, bos_id: int,
-               eos_id: int) -> Callable[..., tuple[jax.Array, ...]]:
-    def run(params: tuple[PyTree, ...], inputs: jax.Array, limits: jax.Array, keys: jax.Array,
-            alpha: jax.Array) -> tuple[jax.Array, ...]:
+def _search_fn(
+    modules: tuple[nn.Module, ...], search: SearchConfig, bos_id: int, eos_id: int
+) -> Callable[..., tuple[jax.Array, ...]]:
+    def run(
+        params: tuple[PyTree, ...],
+        inputs: jax.Array,
+        limits: jax.Array,
+        keys: jax.Array,
+        alpha: jax.Array,
+    ) -> tuple[jax.Array, ...]:
         step, cache = _step_and_cache(modules, params, inputs, search.max_length)
-        common = dict(bos_id=bos_id, eos_id=eos_id, max_length=limits,
-                      max_decode_length=search.max_length)
+        common = dict(
+            bos_id=bos_id, eos_id=eos_id, max_length=limits, max_decode_length=search.max_length
+        )
         if search.sample:
-            result = decoding.sample(step, cache, keys, temperature=search.temperature,
-                                     top_k=search.top_k, top_p=search.top_p, **common)
+            result = decoding.sample(
+                step,
+                cache,
+                keys,
+                temperature=search.temperature,
+                top_k=search.top_k,
+                top_p=search.top_p,
+                **common,
+            )
         elif search.beam_size > 1:
-            result = decoding.beam_search(step, cache, beam_size=search.beam_size, alpha=alpha,
-                                          **common)
+            result = decoding.beam_search(
+                step, cache, beam_size=search.beam_size, alpha=alpha, **common
+            )
         else:
             result = decoding.greedy_search(step, cache, **common)
         outputs = (result.tokens, result.lengths, result.scores, result.attention)
         if search.nbest > 1:
             n = search.nbest
-            outputs += (result.beams.tokens[:, :n], result.beams.lengths[:, :n],
-                        result.beams.scores[:, :n])
+            outputs += (
+                result.beams.tokens[:, :n],
+                result.beams.lengths[:, :n],
+                result.beams.scores[:, :n],
+            )
         return outputs
 
     return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=16)
-def _score_fn(modules: tuple[nn.Module, ...], bos_id: int,
-              eos_id: int) -> Callable[..., tuple[jax.Array, ...]]:
+def _score_fn(
+    modules: tuple[nn.Module, ...], bos_id: int, eos_id: int
+) -> Callable[..., tuple[jax.Array, ...]]:
     """Jitted forced decoding `fn(params, inputs [B, S], targets [B, T], lengths [B]) ->
     (scores [B], lengths [B], attention [B, T, S])`: the search loop of greedy search
     (`decode_sequentially`) with a chooser that picks the given target token at every step, so
     a score is computed exactly as a search computes its hypotheses' scores."""
 
-    def run(params: tuple[PyTree, ...], inputs: jax.Array, targets: jax.Array,
-            lengths: jax.Array) -> tuple[jax.Array, ...]:
+    def run(
+        params: tuple[PyTree, ...], inputs: jax.Array, targets: jax.Array, lengths: jax.Array
+    ) -> tuple[jax.Array, ...]:
         width = targets.shape[1]
         step, cache = _step_and_cache(modules, params, inputs, width)
 
@@ -191,8 +228,15 @@ def _score_fn(modules: tuple[nn.Module, ...], bos_id: int,
             del log_probs
             return jax.lax.dynamic_index_in_dim(targets, t, axis=1, keepdims=False)
 
-        result = decode_sequentially(step, cache, forced, bos_id=bos_id, eos_id=eos_id,
-                                     max_length=lengths, max_decode_length=width)
+        result = decode_sequentially(
+            step,
+            cache,
+            forced,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            max_length=lengths,
+            max_decode_length=width,
+        )
         return result.scores, result.lengths, result.attention
 
     return jax.jit(run)
@@ -219,9 +263,16 @@ class BatchTranslator:
     ```
     """
 
-    def __init__(self, model: nn.Module | Sequence[nn.Module], search: SearchConfig, *,
-                 source_tokenizer: Any, target_tokenizer: Any, max_source_length: int,
-                 batch_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module | Sequence[nn.Module],
+        search: SearchConfig,
+        *,
+        source_tokenizer: Any,
+        target_tokenizer: Any,
+        max_source_length: int,
+        batch_size: int,
+    ) -> None:
         """Builds the translator.
 
         Args:
@@ -242,11 +293,15 @@ class BatchTranslator:
         batch_rows(1, self.batch_size)  # Validates batch_size.
         self._ensemble = isinstance(model, list | tuple)
         self._modules = members(model)
-        self._search_fn = make_search_fn(self._modules, self.search,
-                                         bos_id=target_tokenizer.bos_id,
-                                         eos_id=target_tokenizer.eos_id)
-        self._score_fn = _score_fn(self._modules, int(target_tokenizer.bos_id),
-                                   int(target_tokenizer.eos_id))
+        self._search_fn = make_search_fn(
+            self._modules,
+            self.search,
+            bos_id=target_tokenizer.bos_id,
+            eos_id=target_tokenizer.eos_id,
+        )
+        self._score_fn = _score_fn(
+            self._modules, int(target_tokenizer.bos_id), int(target_tokenizer.eos_id)
+        )
         self._compiled: set[tuple[Any, ...]] = set()
         self.stats = TranslateStats()
 
@@ -254,8 +309,10 @@ class BatchTranslator:
         if not self._ensemble:
             return (params,)
         if len(params) != len(self._modules):
-            raise ValueError(f"an ensemble of {len(self._modules)} models needs as many "
-                             f"parameter trees, got {len(params)}")
+            raise ValueError(
+                f"an ensemble of {len(self._modules)} models needs as many "
+                f"parameter trees, got {len(params)}"
+            )
         return tuple(params)
 
     def target_length_cap(self) -> int | None:
@@ -264,9 +321,15 @@ class BatchTranslator:
         caps = [c for c in caps if c is not None]
         return min(caps) if caps else None
 
-    def translate(self, params: PyTree, texts: Sequence[str], *,
-                  attention_for: Container[int] = (), progress: bool = False,
-                  first_index: int = 0) -> list[Translation]:
+    def translate(
+        self,
+        params: PyTree,
+        texts: Sequence[str],
+        *,
+        attention_for: Container[int] = (),
+        progress: bool = False,
+        first_index: int = 0,
+    ) -> list[Translation]:
         """Translates `texts`; returns one `Translation` per text, in input order.
 
         Args:
@@ -295,9 +358,15 @@ class BatchTranslator:
         self._pipeline(batches, dispatch, collect, progress)
         return results
 
-    def score(self, params: PyTree, texts: Sequence[str],
-              targets: Sequence[str | np.ndarray], *, attention_for: Container[int] = (),
-              progress: bool = False) -> list[Translation]:
+    def score(
+        self,
+        params: PyTree,
+        texts: Sequence[str],
+        targets: Sequence[str | np.ndarray],
+        *,
+        attention_for: Container[int] = (),
+        progress: bool = False,
+    ) -> list[Translation]:
         """Forced decoding: the model's log-probability of each given target, without searching.
 
         Batched like `translate` (sources sorted into the same buckets; targets padded to
@@ -329,8 +398,10 @@ class BatchTranslator:
         source_ids, results, batches, rows = self._prepare(texts)
         target_ids = self._encode_targets(targets, results)
         widths = bucket_widths(max([len(t) for t in target_ids] + [1]))
-        plan = [(b, next(w for w in widths if w >= max(len(target_ids[i]) for i in b.indices)))
-                for b in batches]
+        plan = [
+            (b, next(w for w in widths if w >= max(len(target_ids[i]) for i in b.indices)))
+            for b in batches
+        ]
         self._compile(params, rows, sorted({(b.width, w) for b, w in plan}), "score")
         width_of = {id(b): w for b, w in plan}
 
@@ -339,7 +410,7 @@ class BatchTranslator:
             index = _row_index(batch, rows)
             forced = np.zeros((rows, width_of[id(batch)]), np.int32)
             for row, i in enumerate(index):
-                forced[row, :len(target_ids[i])] = target_ids[i]
+                forced[row, : len(target_ids[i])] = target_ids[i]
             lengths = np.asarray([len(target_ids[i]) for i in index], np.int32)
             return self._score_fn(params, inputs, forced, lengths)
 
@@ -351,13 +422,15 @@ class BatchTranslator:
                 out.score = out.log_prob = float(scores[row])
                 if int(i) in attention_for:
                     out.attention = np.asarray(
-                        attention[row, :len(out.output_ids), :len(out.source_ids)], np.float32)
+                        attention[row, : len(out.output_ids), : len(out.source_ids)], np.float32
+                    )
 
         self._pipeline(batches, dispatch, collect, progress)
         return results
 
-    def _encode_targets(self, targets: Sequence[str | np.ndarray],
-                        results: list[Translation]) -> list[np.ndarray]:
+    def _encode_targets(
+        self, targets: Sequence[str | np.ndarray], results: list[Translation]
+    ) -> list[np.ndarray]:
         """Target ids (text: tokens + EOS) of the sources that are decoded; sets `text`."""
         cap = self.target_length_cap()
         texts = [t if isinstance(t, str) else "" for t in targets]
@@ -371,32 +444,42 @@ class BatchTranslator:
                 row = np.asarray(target, np.int32).reshape(-1)
                 results[i].text = _one_line(self.target_tokenizer.decode(row.tolist()))
             if results[i].source_ids.size and row.size == 0:
-                raise ValueError(f"line {i + 1}: an empty target has no token to score "
-                                 "(a text target gets EOS)")
+                raise ValueError(
+                    f"line {i + 1}: an empty target has no token to score (a text target gets EOS)"
+                )
             if results[i].source_ids.size and cap is not None and row.size > cap:
-                raise ValueError(f"line {i + 1}: the target has {row.size} tokens (EOS "
-                                 f"included), more than the model's max_len {cap}")
+                raise ValueError(
+                    f"line {i + 1}: the target has {row.size} tokens (EOS "
+                    f"included), more than the model's max_len {cap}"
+                )
             ids.append(row if results[i].source_ids.size else np.zeros((0,), np.int32))
         return ids
 
-    def _prepare(self, texts: Sequence[str]
-                 ) -> tuple[list[np.ndarray], list[Translation], list[Batch], int]:
+    def _prepare(
+        self, texts: Sequence[str]
+    ) -> tuple[list[np.ndarray], list[Translation], list[Batch], int]:
         """Encodes and plans `texts`: (source ids, empty results, batches, rows); resets stats."""
-        source_ids, truncated = encode_sources(texts, self.source_tokenizer,
-                                               self.max_source_length)
-        batches = plan_batches([len(s) for s in source_ids], batch_size=self.batch_size,
-                               widths=self.widths)
+        source_ids, truncated = encode_sources(texts, self.source_tokenizer, self.max_source_length)
+        batches = plan_batches(
+            [len(s) for s in source_ids], batch_size=self.batch_size, widths=self.widths
+        )
         rows = batch_rows(sum(len(b.indices) for b in batches), self.batch_size)
-        self.stats = TranslateStats(sentences=sum(len(b.indices) for b in batches),
-                                    batches=len(batches))
+        self.stats = TranslateStats(
+            sentences=sum(len(b.indices) for b in batches), batches=len(batches)
+        )
         empty = np.zeros((0,), np.int32)
         results = [Translation("", ids, empty, 0.0) for ids in source_ids]
         for i in truncated:
             results[i].truncated = True
         return source_ids, results, batches, rows
 
-    def _pipeline(self, batches: Sequence[Batch], dispatch: Callable[[Batch], Any],
-                  collect: Callable[[Batch, Any], None], progress: bool) -> None:
+    def _pipeline(
+        self,
+        batches: Sequence[Batch],
+        dispatch: Callable[[Batch], Any],
+        collect: Callable[[Batch, Any], None],
+        progress: bool,
+    ) -> None:
         """Runs `dispatch` on each batch, collecting batch k while batch k+1 computes."""
         bar = _progress_bar(self.stats.sentences, progress and len(batches) > 1)
         start, pending = time.perf_counter(), None
@@ -409,8 +492,9 @@ class BatchTranslator:
         self.stats.decode_seconds = time.perf_counter() - start
         bar.close()
 
-    def _inputs(self, batch: Batch, source_ids: Sequence[np.ndarray], rows: int,
-                first_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inputs(
+        self, batch: Batch, source_ids: Sequence[np.ndarray], rows: int, first_index: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """inputs int32 [rows, S], limits int32 [rows], keys uint32 [rows, 2] of a batch."""
         inputs = batch_sources(batch, source_ids, rows)
         index = row_index(batch, rows)
@@ -419,8 +503,9 @@ class BatchTranslator:
             return inputs, limits, sentence_keys(self.search.seed, index + first_index)
         return inputs, limits, np.zeros((rows, 2), np.uint32)
 
-    def _compile(self, params: tuple[PyTree, ...], rows: int, shapes: Sequence[Any],
-                 kind: str | None) -> None:
+    def _compile(
+        self, params: tuple[PyTree, ...], rows: int, shapes: Sequence[Any], kind: str | None
+    ) -> None:
         """Compiles (and runs once on a one-token input) the programs not compiled yet: one per
         source width (`kind=None`, search) or (source width, target width) (`kind='score'`)."""
         start = time.perf_counter()
@@ -435,9 +520,13 @@ class BatchTranslator:
                 targets[:, 0] = self.target_tokenizer.eos_id
                 outputs = self._score_fn(params, inputs, targets, np.ones((rows,), np.int32))
             else:
-                outputs = self._search_fn(params, inputs, np.ones((rows,), np.int32),
-                                          np.zeros((rows, 2), np.uint32),
-                                          np.float32(self.search.alpha))
+                outputs = self._search_fn(
+                    params,
+                    inputs,
+                    np.ones((rows,), np.int32),
+                    np.zeros((rows, 2), np.uint32),
+                    np.float32(self.search.alpha),
+                )
             jax.block_until_ready(outputs)
             self._compiled.add((kind, rows, shape))
             self.stats.programs_compiled += 1
@@ -451,8 +540,13 @@ class BatchTranslator:
         penalty = np.asarray(decoding.gnmt_length_penalty(lengths, self.search.alpha), np.float64)
         return (np.asarray(scores, np.float64) * penalty).astype(np.float32)  # Float32 sums.
 
-    def _collect(self, batch: Batch, outputs: tuple[np.ndarray, ...],
-                 results: list[Translation], attention_for: Container[int]) -> None:
+    def _collect(
+        self,
+        batch: Batch,
+        outputs: tuple[np.ndarray, ...],
+        results: list[Translation],
+        attention_for: Container[int],
+    ) -> None:
         tokens, lengths, scores, attention = outputs[:4]  # [B, L], [B], [B], [B, L, S]
         log_probs = self._log_probs(scores, lengths)
         for row, i in enumerate(batch.indices):
@@ -463,8 +557,9 @@ class BatchTranslator:
             out.score = float(scores[row])
             out.log_prob = float(log_probs[row])
             if i in attention_for:
-                out.attention = np.asarray(attention[row, :length, :len(out.source_ids)],
-                                           np.float32)
+                out.attention = np.asarray(
+                    attention[row, :length, : len(out.source_ids)], np.float32
+                )
         if len(outputs) > 4:  # The n-best beams [B, n, L], [B, n], [B, n].
             nbest_tokens, nbest_lengths, nbest_scores = outputs[4:]
             nbest_log_probs = self._log_probs(nbest_scores, nbest_lengths)
@@ -473,10 +568,15 @@ class BatchTranslator:
                 for k in range(nbest_tokens.shape[1]):
                     if not np.isfinite(nbest_scores[row, k]):  # An empty beam slot.
                         continue
-                    ids = np.asarray(nbest_tokens[row, k, :int(nbest_lengths[row, k])], np.int32)
-                    hypotheses.append(Hypothesis(
-                        _one_line(self.target_tokenizer.decode(ids.tolist())), ids,
-                        float(nbest_scores[row, k]), float(nbest_log_probs[row, k])))
+                    ids = np.asarray(nbest_tokens[row, k, : int(nbest_lengths[row, k])], np.int32)
+                    hypotheses.append(
+                        Hypothesis(
+                            _one_line(self.target_tokenizer.decode(ids.tolist())),
+                            ids,
+                            float(nbest_scores[row, k]),
+                            float(nbest_log_probs[row, k]),
+                        )
+                    )
                 results[int(i)].hypotheses = hypotheses
 
 
@@ -485,5 +585,12 @@ _one_line = one_line
 
 
 def _progress_bar(total: int, enabled: bool) -> tqdm:
-    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="sent",
-                dynamic_ncols=True, mininterval=0.5, desc="decode")
+    return tqdm(
+        total=total,
+        disable=not enabled,
+        file=sys.stderr,
+        unit="sent",
+        dynamic_ncols=True,
+        mininterval=0.5,
+        desc="decode",
+    )

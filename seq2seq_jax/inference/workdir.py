@@ -64,22 +64,26 @@ def best_step(workdir: os.PathLike | str, metric: str, mode: str) -> int:
     checkpoints_dir = workdir_lib.resolve_checkpoint(workdir).step_dir.parent  # Raises if none.
     step = workdir_lib.best_step(checkpoints_dir, metric, mode)
     if step is None:
-        raise ValueError(f"no checkpoint in {checkpoints_dir} has a value of {metric!r} "
-                         f"(steps: {workdir_lib.complete_steps(checkpoints_dir)}); use the "
-                         "latest or a step number instead")
+        raise ValueError(
+            f"no checkpoint in {checkpoints_dir} has a value of {metric!r} "
+            f"(steps: {workdir_lib.complete_steps(checkpoints_dir)}); use the "
+            "latest or a step number instead"
+        )
     return step
 
 
-def choose_step(workdir: Path, config: ml_collections.ConfigDict, checkpoint: str,
-                step: int | None) -> int | None:
+def choose_step(
+    workdir: Path, config: ml_collections.ConfigDict, checkpoint: str, step: int | None
+) -> int | None:
     """The step to restore: `step` if given, else 'latest' (None) or 'best' by the run's metric.
 
     Raises:
       ValueError: unknown `checkpoint`, both a step and 'best', or 'best' without a tracked metric.
     """
     if checkpoint not in CHECKPOINT_CHOICES:
-        raise ValueError(f"--checkpoint must be one of {list(CHECKPOINT_CHOICES)}, got "
-                         f"{checkpoint!r}")
+        raise ValueError(
+            f"--checkpoint must be one of {list(CHECKPOINT_CHOICES)}, got {checkpoint!r}"
+        )
     if checkpoint == "averaged":
         raise ValueError("choose_step: the averaged checkpoint has no step of its own here")
     if step is not None:
@@ -90,17 +94,23 @@ def choose_step(workdir: Path, config: ml_collections.ConfigDict, checkpoint: st
         return None
     metric = config.get("checkpoint", {}).get("best_metric", "")
     if not metric:
-        raise ValueError(f"--checkpoint=best: the run in {workdir} tracked no best metric "
-                         "(config.checkpoint.best_metric is empty)")
+        raise ValueError(
+            f"--checkpoint=best: the run in {workdir} tracked no best metric "
+            "(config.checkpoint.best_metric is empty)"
+        )
     return best_step(workdir, metric, config.checkpoint.get("best_mode", "max"))
 
 
-def _build_model(config: ml_collections.ConfigDict, source_tok: Any,
-                 target_tok: Any) -> tuple[models.ModelConfig, nn.Module]:
+def _build_model(
+    config: ml_collections.ConfigDict, source_tok: Any, target_tok: Any
+) -> tuple[models.ModelConfig, nn.Module]:
     model_config = models.ModelConfig.from_config(
-        config.model, source_vocab_size=source_tok.vocab_size,
-        target_vocab_size=target_tok.vocab_size, bos_id=target_tok.bos_id,
-        eos_id=target_tok.eos_id).replace(deterministic=True)
+        config.model,
+        source_vocab_size=source_tok.vocab_size,
+        target_vocab_size=target_tok.vocab_size,
+        bos_id=target_tok.bos_id,
+        eos_id=target_tok.eos_id,
+    ).replace(deterministic=True)
     return model_config, models.build_model(model_config)
 
 
@@ -111,14 +121,17 @@ def _abstract_params(model: nn.Module) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
 
 
-def _locate(path: Path, config: ml_collections.ConfigDict, checkpoint: str, step: int | None,
-            average: int) -> tuple[workdir_lib.CheckpointLocation, list[Path]]:
+def _locate(
+    path: Path, config: ml_collections.ConfigDict, checkpoint: str, step: int | None, average: int
+) -> tuple[workdir_lib.CheckpointLocation, list[Path]]:
     """The checkpoint to restore and the step directories to average (empty: none)."""
     if average < 0:
         raise ValueError(f"--average_checkpoints must be >= 0, got {average}")
     if average and (checkpoint != "latest" or step is not None):
-        raise ValueError("--average_checkpoints averages the last kept checkpoints: give it "
-                         "without --checkpoint=best/averaged and --checkpoint_step")
+        raise ValueError(
+            "--average_checkpoints averages the last kept checkpoints: give it "
+            "without --checkpoint=best/averaged and --checkpoint_step"
+        )
     if checkpoint == "averaged":
         if step is not None:
             raise ValueError("give either --checkpoint=averaged or --checkpoint_step, not both")
@@ -127,9 +140,14 @@ def _locate(path: Path, config: ml_collections.ConfigDict, checkpoint: str, step
     return location, workdir_lib.last_step_dirs(path, average) if average else []
 
 
-def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "latest",
-                         step: int | None = None, dtype: str | None = None,
-                         average: int = 0) -> RestoredModel:
+def restore_from_workdir(
+    workdir: os.PathLike | str,
+    *,
+    checkpoint: str = "latest",
+    step: int | None = None,
+    dtype: str | None = None,
+    average: int = 0,
+) -> RestoredModel:
     """Loads config, tokenizers and a checkpoint's parameters from a training workdir.
 
     Args:
@@ -164,13 +182,23 @@ def restore_from_workdir(workdir: os.PathLike | str, *, checkpoint: str = "lates
     else:
         params = workdir_lib.restore_params(location.step_dir, _abstract_params(model))
     if not bool(all_finite(params)):
-        raise ValueError(f"checkpoint {location.step_dir} holds non-finite parameters (NaN or "
-                         "Inf): the run diverged; decode an earlier step with --checkpoint_step")
+        raise ValueError(
+            f"checkpoint {location.step_dir} holds non-finite parameters (NaN or "
+            "Inf): the run diverged; decode an earlier step with --checkpoint_step"
+        )
     if dtype is not None:
         model_config, params = models.with_dtype(model_config, params, dtype)
         model = models.build_model(model_config)
-    return RestoredModel(config, model_config, model, params, source_tok, target_tok,
-                         location.step, location.step_dir)
+    return RestoredModel(
+        config,
+        model_config,
+        model,
+        params,
+        source_tok,
+        target_tok,
+        location.step,
+        location.step_dir,
+    )
 
 
 def split_workdirs(workdir: str) -> list[str]:
@@ -193,8 +221,11 @@ def restore_ensemble(workdirs: Sequence[os.PathLike | str], **kwargs: Any) -> li
     first = restored[0]
     for w, other in zip(workdirs[1:], restored[1:], strict=True):
         for side in ("target", "source"):
-            if not same_vocabulary(getattr(first, f"{side}_tokenizer"),
-                                   getattr(other, f"{side}_tokenizer")):
-                raise ValueError(f"--workdir: {workdirs[0]} and {w} have different {side} "
-                                 "vocabularies; an ensemble's models must share them")
+            if not same_vocabulary(
+                getattr(first, f"{side}_tokenizer"), getattr(other, f"{side}_tokenizer")
+            ):
+                raise ValueError(
+                    f"--workdir: {workdirs[0]} and {w} have different {side} "
+                    "vocabularies; an ensemble's models must share them"
+                )
     return restored

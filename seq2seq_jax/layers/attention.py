@@ -62,12 +62,15 @@ def masked_softmax(scores: Array, mask: Array | None, axis: int = -1) -> Array:
     return e / jnp.where(denom > 0, denom, 1.0)
 
 
-def _assert_shapes(query: Array, keys: Array, values: Array, mask: Array | None,
-                   num_heads: int, module: str) -> None:
+def _assert_shapes(
+    query: Array, keys: Array, values: Array, mask: Array | None, num_heads: int, module: str
+) -> None:
     """chex-style shape checks whose messages name every shape involved."""
-    where = (f"{module}: query {tuple(query.shape)}, keys {tuple(keys.shape)}, "
-             f"values {tuple(values.shape)}, mask "
-             f"{None if mask is None else tuple(mask.shape)}")
+    where = (
+        f"{module}: query {tuple(query.shape)}, keys {tuple(keys.shape)}, "
+        f"values {tuple(values.shape)}, mask "
+        f"{None if mask is None else tuple(mask.shape)}"
+    )
     if query.ndim not in (2, 3):
         raise AssertionError(f"{where}: query must be [B, Dq] or [B, T, Dq]")
     if keys.ndim != 3 or values.ndim != 3:
@@ -91,8 +94,9 @@ def _assert_shapes(query: Array, keys: Array, values: Array, mask: Array | None,
         ok &= mask.ndim != 4 or (mask.shape[1] in (1, num_heads) and mask.shape[2] in (1, t))
         allowed = "[B, S], [B, T|1, S] or [B, H|1, T|1, S]"
     if not ok:
-        raise AssertionError(f"{where}: mask must be bool {allowed} with B={b}, S={s}, T={t}, "
-                             f"H={num_heads}")
+        raise AssertionError(
+            f"{where}: mask must be bool {allowed} with B={b}, S={s}, T={t}, H={num_heads}"
+        )
 
 
 def _mask_to_4d(mask: Array | None, single_step: bool) -> Array | None:
@@ -167,21 +171,30 @@ class AdditiveAttention(nn.Module):
 
     def setup(self):
         if self.attention_dim % self.num_heads:
-            raise ValueError(f"attention_dim={self.attention_dim} is not divisible by "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(
+                f"attention_dim={self.attention_dim} is not divisible by num_heads={self.num_heads}"
+            )
         head_dim = self.attention_dim // self.num_heads
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                     dot_general=accumulate_in_float32)
+        dense = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            dot_general=accumulate_in_float32,
+        )
         self.key_proj = nn.Dense(self.attention_dim, use_bias=False, **dense)
         # The normalised form carries its own bias `b` inside tanh instead of U's bias.
-        self.query_proj = nn.Dense(self.attention_dim,
-                                   use_bias=self.use_query_bias and not self.normalize, **dense)
+        self.query_proj = nn.Dense(
+            self.attention_dim, use_bias=self.use_query_bias and not self.normalize, **dense
+        )
         self.v = self.param("v", self.kernel_init, (self.num_heads, head_dim), self.param_dtype)
         if self.normalize:
-            self.g = self.param("g", nn.initializers.constant(math.sqrt(1.0 / head_dim)),
-                                (self.num_heads,), self.param_dtype)
-            self.b = self.param("b", nn.initializers.zeros, (self.attention_dim,),
-                                self.param_dtype)
+            self.g = self.param(
+                "g",
+                nn.initializers.constant(math.sqrt(1.0 / head_dim)),
+                (self.num_heads,),
+                self.param_dtype,
+            )
+            self.b = self.param("b", nn.initializers.zeros, (self.attention_dim,), self.param_dtype)
 
     def project_keys(self, keys: Array) -> Array:
         """W h for every source position, once per source.
@@ -206,8 +219,11 @@ class AdditiveAttention(nn.Module):
         """v, or g * v / ||v|| when normalised: float32 [H, A / H]."""
         v = self.v.astype(jnp.float32)
         if self.normalize:
-            v = self.g.astype(jnp.float32)[:, None] * v * jax.lax.rsqrt(
-                jnp.sum(v * v, axis=-1, keepdims=True))
+            v = (
+                self.g.astype(jnp.float32)[:, None]
+                * v
+                * jax.lax.rsqrt(jnp.sum(v * v, axis=-1, keepdims=True))
+            )
         return v
 
     def _use_chunks(self, batch: int, steps: int, sources: int) -> int:
@@ -215,25 +231,27 @@ class AdditiveAttention(nn.Module):
         if self.implementation in ("naive", "pallas") or steps == 1:
             return 0
         threshold, per_chunk = _auto_sizes()
-        chunk = self.chunk_size or _auto_chunk(steps, sources, batch, self.attention_dim,
-                                               per_chunk)
+        chunk = self.chunk_size or _auto_chunk(steps, sources, batch, self.attention_dim, per_chunk)
         if self.implementation == "chunked":
             return max(1, min(chunk, steps))
         if self.implementation != "auto":
-            raise ValueError(f"unknown implementation {self.implementation!r}; "
-                             f"known: {IMPLEMENTATIONS}")
+            raise ValueError(
+                f"unknown implementation {self.implementation!r}; known: {IMPLEMENTATIONS}"
+            )
         big = batch * steps * sources * self.attention_dim > threshold
         return min(chunk, steps) if big else 0
 
     def _use_pallas(self, steps: int, value_width: int) -> bool:
         """Whether a [B, T] query runs through the fused Pallas kernels."""
         if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {self.implementation!r}; "
-                             f"known: {IMPLEMENTATIONS}")
+            raise ValueError(
+                f"unknown implementation {self.implementation!r}; known: {IMPLEMENTATIONS}"
+            )
         if steps == 1 or self.implementation not in ("pallas", "auto"):
             return False
-        reason = pallas_attention.pallas_supported(self.attention_dim // self.num_heads,
-                                                   value_width // self.num_heads)
+        reason = pallas_attention.pallas_supported(
+            self.attention_dim // self.num_heads, value_width // self.num_heads
+        )
         if self.implementation == "pallas":
             if reason:
                 raise ValueError(f"AdditiveAttention(implementation='pallas'): {reason}")
@@ -264,15 +282,18 @@ class AdditiveAttention(nn.Module):
         mask4 = _mask_to_4d(mask, single_step)
         if self._use_pallas(t, values.shape[-1]):
             context, weights = pallas_attention.fused_additive_attention(
-                qp, kp, self._effective_v(), mask4, values, self.dtype)
+                qp, kp, self._effective_v(), mask4, values, self.dtype
+            )
             return _finish(context, weights, single_step, self.num_heads)
         chunk = self._use_chunks(b, t, s)
         if chunk:
-            context, weights = _chunked_additive(qp, kp, self._effective_v(), mask4, values,
-                                                 self.dtype, chunk)
+            context, weights = _chunked_additive(
+                qp, kp, self._effective_v(), mask4, values, self.dtype, chunk
+            )
         elif t == 1:
-            context, weights = _one_step_additive(qp[:, 0], kp, self._effective_v(), mask4,
-                                                  values, self.dtype)
+            context, weights = _one_step_additive(
+                qp[:, 0], kp, self._effective_v(), mask4, values, self.dtype
+            )
         else:
             weights = masked_softmax(_additive_scores(qp, kp, self._effective_v()), mask4)
             context = _split_heads_context(weights, values, self.num_heads, self.dtype)
@@ -305,8 +326,9 @@ def _auto_sizes() -> tuple[int, int]:
     return _AUTO_CHUNK_ELEMENTS, _AUTO_CHUNK_TARGET
 
 
-def _auto_chunk(steps: int, sources: int, batch: int, width: int,
-                target: int = _AUTO_CHUNK_TARGET) -> int:
+def _auto_chunk(
+    steps: int, sources: int, batch: int, width: int, target: int = _AUTO_CHUNK_TARGET
+) -> int:
     """A T-chunk whose tanh tensor [B, C, S, A] holds about `target` elements (at least 1)."""
     per_step = max(1, batch * sources * width)
     return int(max(1, min(steps, target // per_step)))
@@ -332,8 +354,9 @@ def _one_step_scores(qp: Array, kp: Array, v: Array) -> Array:
     return jnp.einsum("bshd,hd->bhs", pre, v)
 
 
-def _one_step_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
-                       dtype: Dtype) -> tuple[Array, Array]:
+def _one_step_additive(
+    qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array, dtype: Dtype
+) -> tuple[Array, Array]:
     """Additive attention of one query step (an RNN decoder's step, inside its scan).
 
     The same result as the general path with T = 1, written without unit T (and, for one
@@ -359,8 +382,9 @@ def _one_step_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, valu
     return context[:, None], weights[:, :, None]
 
 
-def _chunked_additive(qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array,
-                      dtype: Dtype, chunk: int) -> tuple[Array, Array]:
+def _chunked_additive(
+    qp: Array, kp: Array, v: Array, mask4: Array | None, values: Array, dtype: Dtype, chunk: int
+) -> tuple[Array, Array]:
     """Additive attention over T in chunks, recomputing each chunk in the backward pass.
 
     Every query row is independent, so scores, softmax and context are computed chunk by
@@ -420,10 +444,16 @@ class DotProductAttention(nn.Module):
 
     def setup(self):
         if self.attention_dim % self.num_heads:
-            raise ValueError(f"attention_dim={self.attention_dim} is not divisible by "
-                             f"num_heads={self.num_heads}")
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                     use_bias=False, dot_general=accumulate_in_float32)
+            raise ValueError(
+                f"attention_dim={self.attention_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        dense = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            use_bias=False,
+            dot_general=accumulate_in_float32,
+        )
         self.key_proj = nn.Dense(self.attention_dim, **dense)
         self.query_proj = nn.Dense(self.attention_dim, **dense)
 

@@ -79,8 +79,10 @@ class KernelConfig:
             if size < 1 or size & (size - 1):
                 raise ValueError(f"KernelConfig.{name}={size} is not a power of two")
         if self.block_t < 16 or self.block_s < 16:
-            raise ValueError(f"KernelConfig block_t={self.block_t}, block_s={self.block_s}: "
-                             "both must be >= 16 (the Triton dot's smallest operand)")
+            raise ValueError(
+                f"KernelConfig block_t={self.block_t}, block_s={self.block_s}: "
+                "both must be >= 16 (the Triton dot's smallest operand)"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"KernelConfig.backend={self.backend!r}; known: {BACKENDS}")
 
@@ -113,8 +115,10 @@ def pallas_supported(head_dim: int, value_head_dim: int) -> str | None:
     if head_dim < 1 or value_head_dim < 1:
         return f"head widths must be positive (d={head_dim}, dv={value_head_dim})"
     if max(16, _next_pow2(value_head_dim)) > MAX_VALUE_HEAD_DIM:
-        return (f"value width per head {value_head_dim} > {MAX_VALUE_HEAD_DIM} (the forward "
-                "kernel's register accumulator)")
+        return (
+            f"value width per head {value_head_dim} > {MAX_VALUE_HEAD_DIM} (the forward "
+            "kernel's register accumulator)"
+        )
     return None
 
 
@@ -127,8 +131,12 @@ def _compiler_params(cfg: KernelConfig):
 
 
 def _call(kernel, cfg: KernelConfig, **kwargs):
-    return pl.pallas_call(kernel, interpret=cfg.backend == "interpret",
-                          compiler_params=_compiler_params(cfg), **kwargs)
+    return pl.pallas_call(
+        kernel,
+        interpret=cfg.backend == "interpret",
+        compiler_params=_compiler_params(cfg),
+        **kwargs,
+    )
 
 
 def _tanh_tile(q_ref, k_ref, rows, cols, dsl):
@@ -162,8 +170,19 @@ def _score_tile(q_ref, k_ref, v_ref, rows, cols, n_chunks, block_d, shape):
 _NEG = -1e30
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, x_ref, ctx_ref, lse_ref, *scores_ref,
-                    cfg: KernelConfig, n_s: int, n_chunks: int):
+def _forward_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    mask_ref,
+    x_ref,
+    ctx_ref,
+    lse_ref,
+    *scores_ref,
+    cfg: KernelConfig,
+    n_s: int,
+    n_chunks: int,
+):
     """One (b, h, T-tile) program: online softmax over the S tiles.
 
     Refs: q [bt, dp], k [Sp, dp], v [dp], mask int8 [bt|1, Sp], values [Sp, dvp];
@@ -192,8 +211,11 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, x_ref, ctx_ref, lse_ref, *sco
         acc = alpha[:, None] * acc + pv
         return acc, m_new, alpha * l_prev + jnp.sum(p, axis=1)
 
-    init = (jnp.zeros((bt, dvp), jnp.float32), jnp.full((bt,), _NEG, jnp.float32),
-            jnp.zeros((bt,), jnp.float32))
+    init = (
+        jnp.zeros((bt, dvp), jnp.float32),
+        jnp.full((bt,), _NEG, jnp.float32),
+        jnp.zeros((bt,), jnp.float32),
+    )
     acc, m, total = jax.lax.fori_loop(0, n_s, body, init)
     nonempty = total > 0
     safe_l = jnp.where(nonempty, total, 1.0)
@@ -201,8 +223,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, x_ref, ctx_ref, lse_ref, *sco
     lse_ref[...] = jnp.where(nonempty, m + jnp.log(safe_l), 0.0)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, ds_ref, dq_ref, dv_ref, *, cfg: KernelConfig, n_s: int,
-               n_chunks: int):
+def _dq_kernel(
+    q_ref, k_ref, v_ref, ds_ref, dq_ref, dv_ref, *, cfg: KernelConfig, n_s: int, n_chunks: int
+):
     """One (b, h, T-tile) program: dq = v * sum_s dS (1 - tanh^2); dv partial = sum dS tanh.
 
     Refs: q [bt, dp], k [Sp, dp], v [dp], dS float32 [bt, Sp]; outputs dq [bt, dp],
@@ -233,8 +256,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, ds_ref, dq_ref, dv_ref, *, cfg: KernelConfig
     jax.lax.fori_loop(0, n_chunks, chunk, 0)
 
 
-def _dk_kernel(q_ref, k_ref, v_ref, ds_ref, dk_ref, *, cfg: KernelConfig, n_t: int,
-               n_chunks: int):
+def _dk_kernel(q_ref, k_ref, v_ref, ds_ref, dk_ref, *, cfg: KernelConfig, n_t: int, n_chunks: int):
     """One (b, h, S-tile) program: dk = v * sum_t dS (1 - tanh^2).
 
     Refs: q [Tp, dp], k [bs, dp], v [dp], dS float32 [Tp, bs]; output dk [bs, dp].
@@ -275,17 +297,24 @@ def _forward(q, k, v, mask, x, cfg: KernelConfig, with_scores: bool):
     def mask_map(bi, hi, ti):
         return (bi, hi if hm > 1 else 0, ti if tm > 1 else 0, 0)
 
-    out_shape = [jax.ShapeDtypeStruct((b, h, tp, dvp), x.dtype),
-                 jax.ShapeDtypeStruct((b, h, tp), jnp.float32)]
-    out_specs = [pl.BlockSpec((None, None, bt, dvp), lambda bi, hi, ti: (bi, hi, ti, 0)),
-                 pl.BlockSpec((None, None, bt), lambda bi, hi, ti: (bi, hi, ti))]
+    out_shape = [
+        jax.ShapeDtypeStruct((b, h, tp, dvp), x.dtype),
+        jax.ShapeDtypeStruct((b, h, tp), jnp.float32),
+    ]
+    out_specs = [
+        pl.BlockSpec((None, None, bt, dvp), lambda bi, hi, ti: (bi, hi, ti, 0)),
+        pl.BlockSpec((None, None, bt), lambda bi, hi, ti: (bi, hi, ti)),
+    ]
     if with_scores:
         out_shape.append(jax.ShapeDtypeStruct((b, h, tp, sp), jnp.float32))
         out_specs.append(pl.BlockSpec((None, None, bt, sp), lambda bi, hi, ti: (bi, hi, ti, 0)))
-    kernel = functools.partial(_forward_kernel, cfg=cfg, n_s=sp // cfg.block_s,
-                               n_chunks=dp // cfg.block_d)
+    kernel = functools.partial(
+        _forward_kernel, cfg=cfg, n_s=sp // cfg.block_s, n_chunks=dp // cfg.block_d
+    )
     return _call(
-        kernel, cfg, grid=(b, h, tp // bt),
+        kernel,
+        cfg,
+        grid=(b, h, tp // bt),
         in_specs=[
             pl.BlockSpec((None, None, bt, dp), lambda bi, hi, ti: (bi, hi, ti, 0)),
             pl.BlockSpec((None, None, sp, dp), lambda bi, hi, ti: (bi, hi, 0, 0)),
@@ -293,7 +322,9 @@ def _forward(q, k, v, mask, x, cfg: KernelConfig, with_scores: bool):
             pl.BlockSpec(mask_block, mask_map),
             pl.BlockSpec((None, None, sp, dvp), lambda bi, hi, ti: (bi, hi, 0, 0)),
         ],
-        out_specs=out_specs, out_shape=out_shape, name="additive_attention_fwd",
+        out_specs=out_specs,
+        out_shape=out_shape,
+        name="additive_attention_fwd",
     )(q, k, v, mask, x)
 
 
@@ -304,7 +335,8 @@ def _grad_qkv(q, k, v, ds, cfg: KernelConfig):
     bt, bs = cfg.block_t, cfg.block_s
     n_chunks = dp // cfg.block_d
     dq, dv_part = _call(
-        functools.partial(_dq_kernel, cfg=cfg, n_s=sp // bs, n_chunks=n_chunks), cfg,
+        functools.partial(_dq_kernel, cfg=cfg, n_s=sp // bs, n_chunks=n_chunks),
+        cfg,
         grid=(b, h, tp // bt),
         in_specs=[
             pl.BlockSpec((None, None, bt, dp), lambda bi, hi, ti: (bi, hi, ti, 0)),
@@ -312,14 +344,19 @@ def _grad_qkv(q, k, v, ds, cfg: KernelConfig):
             pl.BlockSpec((None, dp), lambda bi, hi, ti: (hi, 0)),
             pl.BlockSpec((None, None, bt, sp), lambda bi, hi, ti: (bi, hi, ti, 0)),
         ],
-        out_specs=[pl.BlockSpec((None, None, bt, dp), lambda bi, hi, ti: (bi, hi, ti, 0)),
-                   pl.BlockSpec((None, None, None, dp), lambda bi, hi, ti: (bi, hi, ti, 0))],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((b, h, tp // bt, dp), jnp.float32)],
+        out_specs=[
+            pl.BlockSpec((None, None, bt, dp), lambda bi, hi, ti: (bi, hi, ti, 0)),
+            pl.BlockSpec((None, None, None, dp), lambda bi, hi, ti: (bi, hi, ti, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((b, h, tp // bt, dp), jnp.float32),
+        ],
         name="additive_attention_dq",
     )(q, k, v, ds)
     dk = _call(
-        functools.partial(_dk_kernel, cfg=cfg, n_t=tp // bt, n_chunks=n_chunks), cfg,
+        functools.partial(_dk_kernel, cfg=cfg, n_t=tp // bt, n_chunks=n_chunks),
+        cfg,
         grid=(b, h, sp // bs),
         in_specs=[
             pl.BlockSpec((None, None, tp, dp), lambda bi, hi, si: (bi, hi, 0, 0)),
@@ -379,13 +416,23 @@ def _fused_bwd(cfg, with_weights, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def make_config(backend: str | None = None, block_t: int = DEFAULT_BLOCK_T,
-                block_s: int = DEFAULT_BLOCK_S, block_d: int = DEFAULT_BLOCK_D,
-                num_warps: int = 4, num_stages: int = 2) -> KernelConfig:
+def make_config(
+    backend: str | None = None,
+    block_t: int = DEFAULT_BLOCK_T,
+    block_s: int = DEFAULT_BLOCK_S,
+    block_d: int = DEFAULT_BLOCK_D,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> KernelConfig:
     """A `KernelConfig`; backend None = `default_backend()`."""
-    return KernelConfig(block_t=block_t, block_s=block_s, block_d=block_d,
-                        backend=backend or default_backend(), num_warps=num_warps,
-                        num_stages=num_stages)
+    return KernelConfig(
+        block_t=block_t,
+        block_s=block_s,
+        block_d=block_d,
+        backend=backend or default_backend(),
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
 
 
 def fused_additive_attention(
@@ -418,11 +465,14 @@ def fused_additive_attention(
     b, t, h, d = qp.shape
     s, dv_total = kp.shape[1], values.shape[-1]
     if kp.shape != (b, s, h, d) or v.shape != (h, d) or values.shape[:2] != (b, s):
-        raise ValueError(f"fused_additive_attention: qp {qp.shape}, kp {kp.shape}, v "
-                         f"{v.shape}, values {values.shape} do not agree on B, S, H, d")
+        raise ValueError(
+            f"fused_additive_attention: qp {qp.shape}, kp {kp.shape}, v "
+            f"{v.shape}, values {values.shape} do not agree on B, S, H, d"
+        )
     if dv_total % h:
-        raise ValueError(f"fused_additive_attention: values width {dv_total} is not "
-                         f"divisible by {h} heads")
+        raise ValueError(
+            f"fused_additive_attention: values width {dv_total} is not divisible by {h} heads"
+        )
     dvh = dv_total // h
     reason = pallas_supported(d, dvh)
     if reason:
@@ -439,8 +489,7 @@ def fused_additive_attention(
     if mask4 is None:
         mask4 = jnp.ones((b, 1, 1, s), jnp.bool_)
     tm = mask4.shape[2]
-    m = jnp.pad(mask4.astype(jnp.int8), ((0, 0), (0, 0), (0, tp - t if tm > 1 else 0),
-                                         (0, sp - s)))
+    m = jnp.pad(mask4.astype(jnp.int8), ((0, 0), (0, 0), (0, tp - t if tm > 1 else 0), (0, sp - s)))
     ctx, weights = _fused(q, k, vv, m, x, config, return_weights)
     context = ctx[:, :, :t, :dvh].transpose(0, 2, 1, 3).reshape(b, t, dv_total)
     if weights is not None:

@@ -80,8 +80,12 @@ class RecurrentCell(nn.Module):
         if self.cell_type not in _NUM_GATES:
             raise ValueError(f"cell_type={self.cell_type!r} is not one of {list(_NUM_GATES)}")
         features = _NUM_GATES[self.cell_type] * self.hidden_size
-        self.input = nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=accumulate_in_float32)
+        self.input = nn.Dense(
+            features,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dot_general=accumulate_in_float32,
+        )
         self.hidden = nn.Dense(
             features,
             dtype=self.dtype,
@@ -167,8 +171,11 @@ class RecurrentLayer(nn.Module):
         chex.assert_rank(x, 3)
         chex.assert_shape(lengths, (x.shape[0],))
         cell = RecurrentCell(
-            cell_type=self.cell_type, hidden_size=self.hidden_size, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="cell",
+            cell_type=self.cell_type,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="cell",
         )
         projected = cell.project_inputs(x)  # [B, L, G*H], all steps in one matmul
         if self.reverse:
@@ -229,14 +236,19 @@ class RNNEncoder(nn.Module):
                 x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
             kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
             fwd, fwd_carry = RecurrentLayer(
-                cell_type=self.cell_type, hidden_size=self.hidden_size,
-                name=f"layer_{layer}_fwd", **kwargs,
+                cell_type=self.cell_type,
+                hidden_size=self.hidden_size,
+                name=f"layer_{layer}_fwd",
+                **kwargs,
             )(x, lengths)
             finals = (carry_hidden(fwd_carry),)
             if self.bidirectional:
                 bwd, bwd_carry = RecurrentLayer(
-                    cell_type=self.cell_type, hidden_size=self.hidden_size, reverse=True,
-                    name=f"layer_{layer}_bwd", **kwargs,
+                    cell_type=self.cell_type,
+                    hidden_size=self.hidden_size,
+                    reverse=True,
+                    name=f"layer_{layer}_bwd",
+                    **kwargs,
                 )(x, lengths)
                 finals = finals + (carry_hidden(bwd_carry),)
                 x = jnp.concatenate([fwd, bwd], axis=-1)  # [B, L, 2H]

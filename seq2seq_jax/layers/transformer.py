@@ -94,8 +94,9 @@ class SelfAttention(nn.Module):
         if features % self.num_heads:
             raise ValueError(f"width {features} not divisible by num_heads={self.num_heads}")
         head_dim = features // self.num_heads
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-                     dot_general=accumulate_in_float32)
+        dense = dict(
+            dtype=self.dtype, param_dtype=self.param_dtype, dot_general=accumulate_in_float32
+        )
         proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name, **dense)(x)
         q, k, v = proj("query"), proj("key"), proj("value")  # [B, T, H, Dh]
         if cache is not None:
@@ -106,8 +107,9 @@ class SelfAttention(nn.Module):
             v = jnp.where(slot, v.astype(cache["value"].dtype), cache["value"])
             cache = {"key": k, "value": v}
             mask = (jnp.arange(length)[None, :] <= index[:, None])[:, None, None, :]  # [N,1,1,L]
-        scores = jnp.einsum("bthd,bshd->bhts", q, k.astype(self.dtype),
-                            preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+        scores = jnp.einsum(
+            "bthd,bshd->bhts", q, k.astype(self.dtype), preferred_element_type=jnp.float32
+        ) / math.sqrt(head_dim)
         weights = masked_softmax(scores, None if mask is None else _mask_4d(mask))
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhts,bshd->bthd", weights.astype(self.dtype), v.astype(self.dtype))
@@ -126,8 +128,9 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         """[B, T, D] -> [B, T, D]."""
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-                     dot_general=accumulate_in_float32)
+        dense = dict(
+            dtype=self.dtype, param_dtype=self.param_dtype, dot_general=accumulate_in_float32
+        )
         y = nn.relu(nn.Dense(self.mlp_dim, **dense)(x))
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         return nn.Dense(x.shape[-1], **dense)(y)
@@ -148,10 +151,9 @@ class EncoderLayer(nn.Module):
         """x [B, S, D], mask bool [B, S, S] -> [B, S, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout_rate)
-        y, _ = SelfAttention(num_heads=self.num_heads,
-                             dropout_rate=self.attention_dropout_rate, **kw)(
-            nn.LayerNorm(**kw)(x), mask, deterministic=deterministic
-        )
+        y, _ = SelfAttention(
+            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate, **kw
+        )(nn.LayerNorm(**kw)(x), mask, deterministic=deterministic)
         x = x + drop(y, deterministic=deterministic)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, **kw)(
             nn.LayerNorm(**kw)(x), deterministic=deterministic
@@ -188,11 +190,13 @@ class DecoderLayer(nn.Module):
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.self_norm = nn.LayerNorm(**kw)
-        self.self_attention = SelfAttention(num_heads=self.num_heads,
-                                            dropout_rate=self.attention_dropout_rate, **kw)
+        self.self_attention = SelfAttention(
+            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate, **kw
+        )
         self.cross_norm = nn.LayerNorm(**kw)
-        cross_kw = dict(attention_dim=self.attention_dim or self.model_dim,
-                        num_heads=self.num_heads, **kw)
+        cross_kw = dict(
+            attention_dim=self.attention_dim or self.model_dim, num_heads=self.num_heads, **kw
+        )
         if self.cross_attention == "additive":
             cross_kw["normalize"] = self.normalize_attention
         self.cross = get_attention_class(self.cross_attention)(**cross_kw)
@@ -223,11 +227,13 @@ class DecoderLayer(nn.Module):
           (output [B, T, D], cross-attention weights float32 [B, H, T, S] (or [B, T, S] for
           one head), updated self-attention cache or None).
         """
-        y, cache = self.self_attention(self.self_norm(x), self_mask,
-                                       deterministic=deterministic, cache=cache, index=index)
+        y, cache = self.self_attention(
+            self.self_norm(x), self_mask, deterministic=deterministic, cache=cache, index=index
+        )
         x = x + self.dropout(y, deterministic=deterministic)
-        context, weights = self.cross(self.cross_norm(x), encoded, cross_mask,
-                                      projected_keys=projected_keys)
+        context, weights = self.cross(
+            self.cross_norm(x), encoded, cross_mask, projected_keys=projected_keys
+        )
         x = x + self.dropout(self.cross_out(context), deterministic=deterministic)
         y = self.mlp(self.mlp_norm(x), deterministic=deterministic)
         return x + self.dropout(y, deterministic=deterministic), weights, cache

@@ -49,8 +49,14 @@ class EncoderDecoder(nn.Module):
         """Whether dropout is off for a call with `train`."""
         return (not train) or self.config.deterministic
 
-    def encode(self, inputs: Array, *, inputs_segmentation: Array | None = None,
-               inputs_position: Array | None = None, train: bool = False) -> Any:
+    def encode(
+        self,
+        inputs: Array,
+        *,
+        inputs_segmentation: Array | None = None,
+        inputs_position: Array | None = None,
+        train: bool = False,
+    ) -> Any:
         """Encodes the source int [B, S]; the result's layout is the family's."""
         raise NotImplementedError
 
@@ -93,12 +99,19 @@ class EncoderDecoder(nn.Module):
         model_inputs.check_ids("inputs", inputs, inputs_segmentation, inputs_position)
         model_inputs.check_ids("targets", targets, targets_segmentation, targets_position)
         model_inputs.check_same_batch(inputs, targets)
-        decoder_inputs = shift_right(targets, bos_id=cfg.bos_id, pad_id=cfg.pad_id,
-                                     segmentation=targets_segmentation)
+        decoder_inputs = shift_right(
+            targets, bos_id=cfg.bos_id, pad_id=cfg.pad_id, segmentation=targets_segmentation
+        )
         logits, attention = self._teacher_forced(
-            encoded, inputs, targets, decoder_inputs, inputs_segmentation=inputs_segmentation,
-            targets_segmentation=targets_segmentation, targets_position=targets_position,
-            deterministic=self._deterministic(train))
+            encoded,
+            inputs,
+            targets,
+            decoder_inputs,
+            inputs_segmentation=inputs_segmentation,
+            targets_segmentation=targets_segmentation,
+            targets_position=targets_position,
+            deterministic=self._deterministic(train),
+        )
         return (logits, attention) if return_attention else logits
 
     def __call__(
@@ -113,10 +126,19 @@ class EncoderDecoder(nn.Module):
         train: bool = False,
     ) -> Array:
         """Teacher-forced logits float32 [B, T, V]."""
-        encoded = self.encode(inputs, inputs_segmentation=inputs_segmentation,
-                              inputs_position=inputs_position, train=train)
+        encoded = self.encode(
+            inputs,
+            inputs_segmentation=inputs_segmentation,
+            inputs_position=inputs_position,
+            train=train,
+        )
         return self.decode(
-            encoded, inputs, targets, inputs_segmentation=inputs_segmentation,
-            targets_segmentation=targets_segmentation, inputs_position=inputs_position,
-            targets_position=targets_position, train=train,
+            encoded,
+            inputs,
+            targets,
+            inputs_segmentation=inputs_segmentation,
+            targets_segmentation=targets_segmentation,
+            inputs_position=inputs_position,
+            targets_position=targets_position,
+            train=train,
         )

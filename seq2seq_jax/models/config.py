@@ -184,15 +184,24 @@ class ModelConfig:
           ValueError: naming the offending field.
         """
         if self.name not in MODEL_NAMES:
-            raise ValueError(f"model.name={self.name!r} is not a model family "
-                             f"{list(MODEL_NAMES)} or a preset {list(_PRESETS)}")
+            raise ValueError(
+                f"model.name={self.name!r} is not a model family "
+                f"{list(MODEL_NAMES)} or a preset {list(_PRESETS)}"
+            )
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
         _check_choice("bridge", self.bridge, BRIDGES)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         _check_choice("init_scheme", self.init_scheme, INIT_SCHEMES)
-        for key in ("source_vocab_size", "target_vocab_size", "emb_dim", "encoder_layers",
-                    "decoder_layers", "num_heads", "max_len"):
+        for key in (
+            "source_vocab_size",
+            "target_vocab_size",
+            "emb_dim",
+            "encoder_layers",
+            "decoder_layers",
+            "num_heads",
+            "max_len",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("dropout_rate", "attention_dropout_rate"):
@@ -265,25 +274,50 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "rnnsearch": {"name": "rnnsearch"},
     # shared/DESIGN.md section 4 / shared/bench/torch_rnnsearch.py (vocab 8000 each side).
     "rnnsearch_reference": {
-        "name": "rnnsearch", "emb_dim": 256, "encoder_hidden_size": 256,
-        "decoder_hidden_size": 512, "attention_dim": 512, "cell_type": "gru",
-        "bidirectional": True, "bridge": "mean", "maxout_size": 0, "dropout_rate": 0.0,
+        "name": "rnnsearch",
+        "emb_dim": 256,
+        "encoder_hidden_size": 256,
+        "decoder_hidden_size": 512,
+        "attention_dim": 512,
+        "cell_type": "gru",
+        "bidirectional": True,
+        "bridge": "mean",
+        "maxout_size": 0,
+        "dropout_rate": 0.0,
     },
     # Bahdanau et al. (2015), RNNsearch-50: emb 620, 1000 units, maxout 500, vocab 30000.
     "rnnsearch50": {
-        "name": "rnnsearch", "emb_dim": 620, "encoder_hidden_size": 1000,
-        "decoder_hidden_size": 1000, "attention_dim": 1000, "cell_type": "gru",
-        "bidirectional": True, "bridge": "backward", "maxout_size": 500, "dropout_rate": 0.0,
+        "name": "rnnsearch",
+        "emb_dim": 620,
+        "encoder_hidden_size": 1000,
+        "decoder_hidden_size": 1000,
+        "attention_dim": 1000,
+        "cell_type": "gru",
+        "bidirectional": True,
+        "bridge": "backward",
+        "maxout_size": 500,
+        "dropout_rate": 0.0,
     },
     "transformer": {
-        "name": "transformer", "emb_dim": 128, "mlp_dim": 512, "num_heads": 4,
-        "encoder_layers": 2, "decoder_layers": 2, "attention_type": "additive",
+        "name": "transformer",
+        "emb_dim": 128,
+        "mlp_dim": 512,
+        "num_heads": 4,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "attention_type": "additive",
     },
     # shared/bench/torch_transformer.py sizes (its cross-attention is dot-product).
     "transformer_multi30k": {
-        "name": "transformer", "emb_dim": 256, "mlp_dim": 1024, "num_heads": 4,
-        "encoder_layers": 3, "decoder_layers": 3, "attention_type": "additive",
-        "position_embedding": "learned", "max_len": 256,
+        "name": "transformer",
+        "emb_dim": 256,
+        "mlp_dim": 1024,
+        "num_heads": 4,
+        "encoder_layers": 3,
+        "decoder_layers": 3,
+        "attention_type": "additive",
+        "position_embedding": "learned",
+        "max_len": 256,
     },
 }
 

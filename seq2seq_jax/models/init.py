@@ -52,7 +52,8 @@ def torch_style(params: PyTree, key: jax.Array) -> PyTree:
         leaf_key = jax.random.fold_in(key, index)
         grand = parent[:-1]
         in_cell = parent[-1:] in (("input",), ("hidden",)) and (
-            grand + ("input", "kernel") in flat and grand + ("hidden", "kernel") in flat)
+            grand + ("input", "kernel") in flat and grand + ("hidden", "kernel") in flat
+        )
         if name == "embedding":
             out[path] = jax.random.normal(leaf_key, leaf.shape, jnp.float32).astype(leaf.dtype)
         elif name in ("kernel", "bias") and in_cell:

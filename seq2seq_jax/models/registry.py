@@ -35,8 +35,11 @@ def get_model_class(name: str) -> type[EncoderDecoder]:
     """
     if name not in _MODELS:
         from seq2seq_jax.models.config import preset_names
-        raise ValueError(f"Unknown model name {name!r}; known models: {list(_MODELS)}, presets "
-                         f"(in config.model.name): {list(preset_names())}")
+
+        raise ValueError(
+            f"Unknown model name {name!r}; known models: {list(_MODELS)}, presets "
+            f"(in config.model.name): {list(preset_names())}"
+        )
     return _MODELS[name]
 
 
@@ -60,7 +63,8 @@ def check_batching(model_name: str, batching: str) -> None:
         raise ValueError(
             f"config.data.batching='pack' is not supported by config.model.name={model_name!r} "
             f"({cls.__name__}.supports_packing is False: a recurrent encoder/decoder would carry "
-            "its state across the examples of a packed row); use 'bucket' or 'pad'")
+            "its state across the examples of a packed row); use 'bucket' or 'pad'"
+        )
 
 
 def build_model(model_config: ModelConfig) -> nn.Module:
@@ -68,8 +72,7 @@ def build_model(model_config: ModelConfig) -> nn.Module:
     return get_model_class(model_config.name)(model_config.validate())
 
 
-def with_dtype(model_config: ModelConfig, params: Any, dtype: str
-               ) -> tuple[ModelConfig, Any]:
+def with_dtype(model_config: ModelConfig, params: Any, dtype: str) -> tuple[ModelConfig, Any]:
     """The config and parameters to run a trained model in `dtype` (e.g. bfloat16 inference).
 
     Floating-point parameters are cast once (integer leaves are kept), and the config's compute
@@ -141,7 +144,14 @@ def init_decode_cache(
     `max_decode_length` sizes the Transformer's key/value cache (default `config.max_len`); the
     RNN ignores it.
     """
-    encoded = model.apply(variables, inputs, inputs_segmentation=inputs_segmentation,
-                          method=model.encode)
-    return model.apply(variables, encoded, inputs, inputs_segmentation=inputs_segmentation,
-                       max_decode_length=max_decode_length, method=model.init_decode_cache)
+    encoded = model.apply(
+        variables, inputs, inputs_segmentation=inputs_segmentation, method=model.encode
+    )
+    return model.apply(
+        variables,
+        encoded,
+        inputs,
+        inputs_segmentation=inputs_segmentation,
+        max_decode_length=max_decode_length,
+        method=model.init_decode_cache,
+    )

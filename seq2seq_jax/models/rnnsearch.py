@@ -60,13 +60,16 @@ class RNNSearch(EncoderDecoder):
         embed = dict(features=cfg.emb_dim, dtype=dt, param_dtype=pdt)
         self.source_embed = nn.Embed(cfg.source_vocab_size, **embed)
         self.target_embed = (
-            self.source_embed if cfg.share_embeddings
-            else nn.Embed(cfg.target_vocab_size, **embed)
+            self.source_embed if cfg.share_embeddings else nn.Embed(cfg.target_vocab_size, **embed)
         )
         self.encoder = RNNEncoder(
-            cell_type=cfg.cell_type, hidden_size=cfg.encoder_hidden_size,
-            num_layers=cfg.encoder_layers, bidirectional=cfg.bidirectional,
-            dropout_rate=cfg.dropout_rate, dtype=dt, param_dtype=pdt,
+            cell_type=cfg.cell_type,
+            hidden_size=cfg.encoder_hidden_size,
+            num_layers=cfg.encoder_layers,
+            bidirectional=cfg.bidirectional,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dt,
+            param_dtype=pdt,
         )
         dense = dict(dtype=dt, param_dtype=pdt)
         layer = dict(dense, dot_general=accumulate_in_float32)  # Dense layers; see ops
@@ -79,8 +82,9 @@ class RNNSearch(EncoderDecoder):
         # The context part of the first decoder layer's input kernel (its bias is in cells[0]).
         self.context_proj = nn.Dense(gates, use_bias=False, **layer)
         attention_cls = get_attention_class(cfg.attention_type)
-        attention_kwargs = dict(attention_dim=cfg.attention_dim or hidden,
-                                num_heads=cfg.num_heads, **dense)
+        attention_kwargs = dict(
+            attention_dim=cfg.attention_dim or hidden, num_heads=cfg.num_heads, **dense
+        )
         if cfg.attention_type == "additive":
             attention_kwargs["normalize"] = cfg.normalize_attention
         self.attention = attention_cls(**attention_kwargs)
@@ -215,8 +219,18 @@ class RNNSearch(EncoderDecoder):
             )
         return carry
 
-    def _teacher_forced(self, encoded, inputs, targets, decoder_inputs, *, inputs_segmentation,
-                        targets_segmentation, targets_position, deterministic):
+    def _teacher_forced(
+        self,
+        encoded,
+        inputs,
+        targets,
+        decoder_inputs,
+        *,
+        inputs_segmentation,
+        targets_segmentation,
+        targets_position,
+        deterministic,
+    ):
         """`EncoderDecoder.decode`'s decoder: the scan over all T steps, then the readout."""
         del targets, targets_segmentation, targets_position  # Left-aligned rows.
         cfg = self.config
@@ -278,9 +292,7 @@ class RNNSearch(EncoderDecoder):
         )
         return cache
 
-    def decode_step(
-        self, ids: Array, cache: dict[str, Any]
-    ) -> tuple[Array, Array, dict[str, Any]]:
+    def decode_step(self, ids: Array, cache: dict[str, Any]) -> tuple[Array, Array, dict[str, Any]]:
         """One decoding step from the previous tokens `ids` int32 [N] (BOS at the first step).
 
         Returns:
@@ -293,8 +305,12 @@ class RNNSearch(EncoderDecoder):
         if self.config.input_feeding:
             carry["context"] = cache["context"]
         carry, (hidden, context, weights) = self._step(
-            carry, self.cells[0].project_inputs(emb), cache["annotations"],
-            cache["projected_keys"], cache["mask"], deterministic=True,
+            carry,
+            self.cells[0].project_inputs(emb),
+            cache["annotations"],
+            cache["projected_keys"],
+            cache["mask"],
+            deterministic=True,
         )
         logits = self._readout(hidden, context, emb, deterministic=True)
         new_cache = dict(cache, index=cache["index"] + 1, **carry)

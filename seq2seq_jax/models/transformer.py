@@ -57,28 +57,41 @@ class Transformer(EncoderDecoder):
         init = nn.initializers.normal(stddev=cfg.emb_dim**-0.5)
         self.source_embed = nn.Embed(cfg.source_vocab_size, cfg.emb_dim, embedding_init=init, **kw)
         self.target_embed = (
-            self.source_embed if cfg.share_embeddings
+            self.source_embed
+            if cfg.share_embeddings
             else nn.Embed(cfg.target_vocab_size, cfg.emb_dim, embedding_init=init, **kw)
         )
         if cfg.position_embedding == "learned":
             pos_init = nn.initializers.normal(stddev=0.02)
-            self.source_positions = nn.Embed(cfg.max_len, cfg.emb_dim, embedding_init=pos_init,
-                                             **kw)
-            self.target_positions = nn.Embed(cfg.max_len, cfg.emb_dim, embedding_init=pos_init,
-                                             **kw)
+            self.source_positions = nn.Embed(
+                cfg.max_len, cfg.emb_dim, embedding_init=pos_init, **kw
+            )
+            self.target_positions = nn.Embed(
+                cfg.max_len, cfg.emb_dim, embedding_init=pos_init, **kw
+            )
         self.encoder_layers = [
-            EncoderLayer(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                         dropout_rate=cfg.dropout_rate,
-                         attention_dropout_rate=cfg.attention_dropout_rate, **kw)
+            EncoderLayer(
+                num_heads=cfg.num_heads,
+                mlp_dim=cfg.mlp_dim,
+                dropout_rate=cfg.dropout_rate,
+                attention_dropout_rate=cfg.attention_dropout_rate,
+                **kw,
+            )
             for _ in range(cfg.encoder_layers)
         ]
         self.encoder_norm = nn.LayerNorm(**kw)
         self.decoder_layers = [
-            DecoderLayer(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, model_dim=cfg.emb_dim,
-                         cross_attention=cfg.attention_type, attention_dim=cfg.attention_dim,
-                         normalize_attention=cfg.normalize_attention,
-                         dropout_rate=cfg.dropout_rate,
-                         attention_dropout_rate=cfg.attention_dropout_rate, **kw)
+            DecoderLayer(
+                num_heads=cfg.num_heads,
+                mlp_dim=cfg.mlp_dim,
+                model_dim=cfg.emb_dim,
+                cross_attention=cfg.attention_type,
+                attention_dim=cfg.attention_dim,
+                normalize_attention=cfg.normalize_attention,
+                dropout_rate=cfg.dropout_rate,
+                attention_dropout_rate=cfg.attention_dropout_rate,
+                **kw,
+            )
             for _ in range(cfg.decoder_layers)
         ]
         self.decoder_norm = nn.LayerNorm(**kw)
@@ -139,8 +152,18 @@ class Transformer(EncoderDecoder):
             logits = self.output(x)
         return logits.reshape(*lead, logits.shape[-1]).astype(jnp.float32)
 
-    def _teacher_forced(self, encoded, inputs, targets, decoder_inputs, *, inputs_segmentation,
-                        targets_segmentation, targets_position, deterministic):
+    def _teacher_forced(
+        self,
+        encoded,
+        inputs,
+        targets,
+        decoder_inputs,
+        *,
+        inputs_segmentation,
+        targets_segmentation,
+        targets_position,
+        deterministic,
+    ):
         """`EncoderDecoder.decode`'s decoder: all T steps in parallel under the causal mask."""
         cfg = self.config
         chex.assert_shape(encoded, (*inputs.shape, cfg.emb_dim))
@@ -154,8 +177,14 @@ class Transformer(EncoderDecoder):
         x = self._embed(decoder_inputs, positions, source=False, deterministic=deterministic)
         weights = None
         for layer in self.decoder_layers:
-            x, weights, _ = layer(x, encoded, self_mask, cross_mask, layer.project_keys(encoded),
-                                  deterministic=deterministic)
+            x, weights, _ = layer(
+                x,
+                encoded,
+                self_mask,
+                cross_mask,
+                layer.project_keys(encoded),
+                deterministic=deterministic,
+            )
         logits = self._logits(self.decoder_norm(x))  # [B, T, V]
         return logits, model_inputs.head_mean(weights, cfg.num_heads)
 
@@ -202,9 +231,7 @@ class Transformer(EncoderDecoder):
             "layers": layers,
         }
 
-    def decode_step(
-        self, ids: Array, cache: dict[str, Any]
-    ) -> tuple[Array, Array, dict[str, Any]]:
+    def decode_step(self, ids: Array, cache: dict[str, Any]) -> tuple[Array, Array, dict[str, Any]]:
         """One decoding step from the previous tokens `ids` int32 [N] (BOS at the first step).
 
         The step's position is `cache['index']`; it must stay below the cache length L.
@@ -222,8 +249,14 @@ class Transformer(EncoderDecoder):
         for layer, layer_cache in zip(self.decoder_layers, cache["layers"], strict=True):
             self_cache = {"key": layer_cache["key"], "value": layer_cache["value"]}
             x, weights, self_cache = layer(
-                x, cache["encoded"], None, cache["mask"], layer_cache["projected_keys"],
-                deterministic=True, cache=self_cache, index=index,
+                x,
+                cache["encoded"],
+                None,
+                cache["mask"],
+                layer_cache["projected_keys"],
+                deterministic=True,
+                cache=self_cache,
+                index=index,
             )
             new_layers.append(dict(self_cache, projected_keys=layer_cache["projected_keys"]))
         logits = self._logits(self.decoder_norm(x))[:, 0]  # [N, V]

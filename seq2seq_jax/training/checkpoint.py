@@ -88,8 +88,9 @@ def set_aside_incomplete_steps(checkpoints_dir: Path) -> list[Path]:
 # Keep-best by a metric.
 
 
-def preservation_policy(max_to_keep: int | None, best_metric: str | None,
-                        best_mode: str, keep_best: int) -> ocp_preservation.PreservationPolicy:
+def preservation_policy(
+    max_to_keep: int | None, best_metric: str | None, best_mode: str, keep_best: int
+) -> ocp_preservation.PreservationPolicy:
     """The `max_to_keep` latest steps, plus the `keep_best` best by `best_metric` if given.
 
     The latest step is always kept (LatestN), whatever its metric; the best set ranks NaN or
@@ -100,7 +101,10 @@ def preservation_policy(max_to_keep: int | None, best_metric: str | None,
         return latest
     best = ocp_preservation.BestN(
         get_metric_fn=lambda m: metric_score(m, best_metric, best_mode),
-        reverse=False, n=keep_best, keep_checkpoints_without_metrics=False)
+        reverse=False,
+        n=keep_best,
+        keep_checkpoints_without_metrics=False,
+    )
     return ocp_preservation.AnyPreservationPolicy([latest, best])
 
 
@@ -137,10 +141,17 @@ class Checkpointer:
     ```
     """
 
-    def __init__(self, workdir: os.PathLike | str, *, save_every_steps: int,
-                 max_to_keep: int | None = 3, best_metric: str | None = None,
-                 best_mode: Literal["max", "min"] = "max", keep_best: int = 1,
-                 async_save: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: os.PathLike | str,
+        *,
+        save_every_steps: int,
+        max_to_keep: int | None = 3,
+        best_metric: str | None = None,
+        best_mode: Literal["max", "min"] = "max",
+        keep_best: int = 1,
+        async_save: bool = True,
+    ) -> None:
         """Opens (creating if needed) `WORKDIR/checkpoints`.
 
         Args:
@@ -170,19 +181,23 @@ class Checkpointer:
             set_aside_incomplete_steps(self.directory)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices("seq2seq_jax.checkpoint.set_aside")
         # `best_fn` is not redundant beside the preservation policy: in orbax-checkpoint 0.12 it
         # is what makes the manager write the `metrics` item of a save (without it the metrics
         # are dropped and no step can be ranked after a restart; tests/test_checkpoint.py).
-        track = None if best_metric is None else (lambda m: metric_score(m, best_metric,
-                                                                         best_mode))
+        track = None if best_metric is None else (lambda m: metric_score(m, best_metric, best_mode))
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation_policy(max_to_keep, best_metric, best_mode,
-                                                    keep_best),
-            best_fn=track, best_mode="max", cleanup_tmp_directories=True,
-            enable_async_checkpointing=async_save, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              handler_registry=handler_registry())
+            preservation_policy=preservation_policy(max_to_keep, best_metric, best_mode, keep_best),
+            best_fn=track,
+            best_mode="max",
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, handler_registry=handler_registry()
+        )
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -203,8 +218,9 @@ class Checkpointer:
         """The committed step with the best finite `best_metric`, or None."""
         if self.best_metric is None:
             return None
-        return rank_best({s: self.metrics(s) for s in self.all_steps()}, self.best_metric,
-                         self.best_mode)
+        return rank_best(
+            {s: self.metrics(s) for s in self.all_steps()}, self.best_metric, self.best_mode
+        )
 
     def should_save(self, step: int) -> bool:
         """Whether `save(step, ...)` without `force` writes a checkpoint."""
@@ -212,8 +228,14 @@ class Checkpointer:
 
     # -- save -------------------------------------------------------------------------------
 
-    def save(self, step: int, state: TrainState, data_iterator: Any = None,
-             metrics: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: TrainState,
+        data_iterator: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
         """Saves `state` (and the Grain iterator's position) as checkpoint `step`.
 
         Args:
@@ -236,18 +258,22 @@ class Checkpointer:
         if not (force or self.should_save(step)) or step in self.all_steps():
             return False
         if not self.directory.is_dir():
-            raise CheckpointError(f"saving step {step} to {self.directory} failed: the "
-                                  "checkpoint directory is gone or not a directory")
+            raise CheckpointError(
+                f"saving step {step} to {self.directory} failed: the "
+                "checkpoint directory is gone or not a directory"
+            )
         items = {STATE_ITEM: ocp.args.StandardSave(state.checkpoint_items())}
         if data_iterator is not None:
             items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
         clean = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         try:
-            started = self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean,
-                                         force=True)
+            started = self._manager.save(
+                step, args=ocp.args.Composite(**items), metrics=clean, force=True
+            )
         except Exception as e:  # Re-raised with the directory and step named.
-            raise CheckpointError(f"saving step {step} to {self.directory} failed: "
-                                  f"{type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"saving step {step} to {self.directory} failed: {type(e).__name__}: {e}"
+            ) from e
         if started:
             self._pending_step = step
             if not self._async:
@@ -261,14 +287,17 @@ class Checkpointer:
             self._manager.check_for_errors()
         except Exception as e:
             step, self._pending_step = self._pending_step, None
-            raise CheckpointError(f"saving step {step} to {self.directory} failed: "
-                                  f"{type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"saving step {step} to {self.directory} failed: {type(e).__name__}: {e}"
+            ) from e
         step, self._pending_step = self._pending_step, None
         if step is not None and jax.process_index() == 0:
             if not is_complete_step_dir(self.directory / str(step)):
-                raise CheckpointError(f"saving step {step} to {self.directory} failed: "
-                                      f"{self.directory / str(step)} was not committed "
-                                      "(see the Orbax errors logged above)")
+                raise CheckpointError(
+                    f"saving step {step} to {self.directory} failed: "
+                    f"{self.directory / str(step)} was not committed "
+                    "(see the Orbax errors logged above)"
+                )
 
     def wait(self) -> None:
         """Blocks until the pending save is committed; raises `CheckpointError` if it failed."""
@@ -299,8 +328,9 @@ class Checkpointer:
 
     # -- restore ----------------------------------------------------------------------------
 
-    def restore(self, target: TrainState, data_iterator: Any = None,
-                step: int | None = None) -> TrainState:
+    def restore(
+        self, target: TrainState, data_iterator: Any = None, step: int | None = None
+    ) -> TrainState:
         """Restores checkpoint `step` (default: latest committed) onto `target`'s shardings.
 
         Args:
@@ -323,8 +353,9 @@ class Checkpointer:
         self._finish_pending()
         location = resolve_checkpoint(self.directory, step)
         saved = read_state_metadata(location.step_dir)
-        check_shapes(shapes_by_path(saved["params"]), shapes_by_path(target.params),
-                     location.step_dir)
+        check_shapes(
+            shapes_by_path(saved["params"]), shapes_by_path(target.params), location.step_dir
+        )
         items = {STATE_ITEM: ocp.args.StandardRestore(abstract_tree(target.checkpoint_items()))}
         data_file = None if data_iterator is None else data_state_file(location.step_dir)
         if data_file == _this_process_data_file(location.step_dir):
@@ -332,24 +363,28 @@ class Checkpointer:
         try:
             restored = self._manager.restore(location.step, args=ocp.args.Composite(**items))
         except Exception as e:  # Orbax/TensorStore raise many types; name the directory.
-            raise CheckpointError(_restore_failure(location.step_dir, saved["opt_state"],
-                                                   target.opt_state, e)) from e
+            raise CheckpointError(
+                _restore_failure(location.step_dir, saved["opt_state"], target.opt_state, e)
+            ) from e
         if data_file is not None and DATA_ITEM not in items:
             _set_state_from_other_process_count(data_iterator, data_file)
         return target.replace(**restored[STATE_ITEM])
 
 
-def _restore_failure(step_dir: Path, saved_opt_state: PyTree, target_opt_state: PyTree,
-                     error: Exception) -> str:
+def _restore_failure(
+    step_dir: Path, saved_opt_state: PyTree, target_opt_state: PyTree, error: Exception
+) -> str:
     """A short message for a failed restore: the optimizer-state difference if there is one."""
     saved, target = shapes_by_path(saved_opt_state), shapes_by_path(target_opt_state)
     differences = sorted(set(saved) ^ set(target))
     differences += sorted(k for k in set(saved) & set(target) if saved[k] != target[k])
     if differences:
-        return (f"cannot restore {step_dir}: its optimizer state does not match the configured "
-                f"optimizer ({len(differences)} differing entries, e.g. {differences[:3]}); "
-                "resuming needs the optimizer the run was saved with (to start another optimizer "
-                "from these parameters, fine-tune into a new workdir with init_checkpoint)")
+        return (
+            f"cannot restore {step_dir}: its optimizer state does not match the configured "
+            f"optimizer ({len(differences)} differing entries, e.g. {differences[:3]}); "
+            "resuming needs the optimizer the run was saved with (to start another optimizer "
+            "from these parameters, fine-tune into a new workdir with init_checkpoint)"
+        )
     detail = " ".join(str(error).split())
     detail = detail if len(detail) <= 600 else detail[:600] + " ..."
     return f"cannot restore {step_dir}: {type(error).__name__}: {detail}"
@@ -376,8 +411,9 @@ def data_state_file(step_dir: Path) -> Path:
         return exact
     saved = sorted((step_dir / DATA_ITEM).glob("process_*-of-*.json"))
     if not saved:
-        raise CheckpointError(f"{step_dir} holds no data-iterator state; it cannot resume the "
-                              "data stream")
+        raise CheckpointError(
+            f"{step_dir} holds no data-iterator state; it cannot resume the data stream"
+        )
     count = int(saved[0].stem.rsplit("-of-", 1)[1])
     return step_dir / DATA_ITEM / f"process_{jax.process_index() % count}-of-{count}.json"
 
@@ -385,11 +421,17 @@ def data_state_file(step_dir: Path) -> Path:
 def _set_state_from_other_process_count(iterator: Any, state_file: Path) -> None:
     """Sets a `grain.DatasetIterator` from a state saved by another number of processes."""
     if not isinstance(iterator, grain.DatasetIterator):
-        raise CheckpointError(f"{state_file.parent} was saved by another number of processes; "
-                              f"{type(iterator).__name__} state cannot be carried over")
-    log.warning("Data state saved by another number of processes: process %d of %d restores "
-                "%s (the pipeline decides how exactly it resumes)", jax.process_index(),
-                jax.process_count(), state_file)
+        raise CheckpointError(
+            f"{state_file.parent} was saved by another number of processes; "
+            f"{type(iterator).__name__} state cannot be carried over"
+        )
+    log.warning(
+        "Data state saved by another number of processes: process %d of %d restores "
+        "%s (the pipeline decides how exactly it resumes)",
+        jax.process_index(),
+        jax.process_count(),
+        state_file,
+    )
     iterator.set_state(json.loads(state_file.read_text()))
 
 
@@ -404,11 +446,16 @@ def save_averaged(workdir: os.PathLike | str, step: int, params: PyTree) -> Path
       The committed step directory (readable by `restore_params`).
     """
     directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           enable_async_checkpointing=False)
-    with ocp.CheckpointManager(directory, options=options,
-                               handler_registry=handler_registry(data=False)) as m:
-        m.save(step, args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave({"params": params})}), force=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False
+    )
+    with ocp.CheckpointManager(
+        directory, options=options, handler_registry=handler_registry(data=False)
+    ) as m:
+        m.save(
+            step,
+            args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave({"params": params})}),
+            force=True,
+        )
         m.wait_until_finished()
     return directory / str(step)

@@ -39,9 +39,14 @@ def make_translator(
     `config.eval`, each sentence's limit `ceil(length_ratio * source_length + length_offset)`
     capped by `max_length`, as in `python -m seq2seq_jax.decode`.
     """
-    return BatchTranslator(model, search.validate(), source_tokenizer=source_tokenizer,
-                           target_tokenizer=target_tokenizer,
-                           max_source_length=max_source_length, batch_size=batch_size)
+    return BatchTranslator(
+        model,
+        search.validate(),
+        source_tokenizer=source_tokenizer,
+        target_tokenizer=target_tokenizer,
+        max_source_length=max_source_length,
+        batch_size=batch_size,
+    )
 
 
 def decode_texts(translator: BatchTranslator, params: PyTree, sources: Sequence[str]) -> list[str]:
@@ -55,7 +60,9 @@ def score(hypotheses: Sequence[str], references: Sequence[str], metric: str) -> 
     if metric == "exact_match":
         return {"exact_match": exact}
     if metric == "bleu":
-        return {"bleu": eval_metrics.corpus_bleu(hypotheses, references).score,
-                "chrf": eval_metrics.corpus_chrf(hypotheses, references).score,
-                "exact_match": exact}
+        return {
+            "bleu": eval_metrics.corpus_bleu(hypotheses, references).score,
+            "chrf": eval_metrics.corpus_chrf(hypotheses, references).score,
+            "exact_match": exact,
+        }
     raise ValueError(f"config.eval.task_metric={metric!r} is not 'exact_match' or 'bleu'")

@@ -41,15 +41,32 @@ from seq2seq_jax.workdir.layout import (  # noqa: F401  (save_config, load_confi
 # Keys a resumed run may not change (fnmatch patterns over dotted keys): they decide the
 # parameter shapes, the tokenizer, the data stream or the optimiser state's structure. Every
 # other key (num_train_steps, the learning rate, eval and checkpoint cadence, ...) may change.
-RESUME_FIXED_KEYS = ("model.*", "data.*", "batch_size", "seed", "optimizer.name",
-                     "optimizer.accumulate_steps", "optimizer.freeze")
-RESUME_FREE_KEYS = ("model.dropout_rate", "model.attention_dropout_rate", "model.dtype",
-                    "data.prefetch", "data.cache_max_examples", "data.eval_split",
-                    # Where the files are (a moved dataset is the same data), and the
-                    # evaluation splits (not read by the train stream).
-                    "data.*_source", "data.*_target", "data.*_tsv", "data.tfds_data_dir",
-                    "data.tokenizer_dir", "data.num_validation_examples",
-                    "data.num_test_examples")
+RESUME_FIXED_KEYS = (
+    "model.*",
+    "data.*",
+    "batch_size",
+    "seed",
+    "optimizer.name",
+    "optimizer.accumulate_steps",
+    "optimizer.freeze",
+)
+RESUME_FREE_KEYS = (
+    "model.dropout_rate",
+    "model.attention_dropout_rate",
+    "model.dtype",
+    "data.prefetch",
+    "data.cache_max_examples",
+    "data.eval_split",
+    # Where the files are (a moved dataset is the same data), and the
+    # evaluation splits (not read by the train stream).
+    "data.*_source",
+    "data.*_target",
+    "data.*_tsv",
+    "data.tfds_data_dir",
+    "data.tokenizer_dir",
+    "data.num_validation_examples",
+    "data.num_test_examples",
+)
 PARALLELISMS = ("jit", "pmap")
 TASK_METRICS = ("exact_match", "bleu", "none")
 
@@ -150,8 +167,11 @@ def _unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
     unknown = [f"config.{k}" for k in config.keys() if k not in reference]
     for section in ("optimizer", "eval", "checkpoint", "distributed"):
         if section in config:
-            unknown += [f"config.{section}.{k}" for k in config[section].keys()
-                        if k not in reference[section]]
+            unknown += [
+                f"config.{section}.{k}"
+                for k in config[section].keys()
+                if k not in reference[section]
+            ]
     if "model" in config:
         unknown += [f"config.model.{k}" for k in config.model.keys() if k not in config_keys()]
     return unknown
@@ -184,26 +204,37 @@ def validate_config(config: ml_collections.ConfigDict) -> DataConfig:
     if config.eval.beam_size < 1:
         raise ValueError(f"config.eval.beam_size must be >= 1, got {config.eval.beam_size}")
     minutes = config.max_train_minutes
-    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not (
-            math.isfinite(minutes) and minutes >= 0):
+    if (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int | float)
+        or not (math.isfinite(minutes) and minutes >= 0)
+    ):
         raise ValueError(f"config.max_train_minutes must be a finite number >= 0, got {minutes!r}")
-    for key, value in (("eval.early_stopping_patience", config.eval.early_stopping_patience),
-                       ("checkpoint.average_last", config.checkpoint.average_last)):
+    for key, value in (
+        ("eval.early_stopping_patience", config.eval.early_stopping_patience),
+        ("checkpoint.average_last", config.checkpoint.average_last),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"config.{key} must be an int >= 0, got {value!r}")
     if config.eval.early_stopping_patience and not config.checkpoint.best_metric:
-        raise ValueError("config.eval.early_stopping_patience needs config.checkpoint.best_metric "
-                         "(the metric whose new best resets the patience)")
+        raise ValueError(
+            "config.eval.early_stopping_patience needs config.checkpoint.best_metric "
+            "(the metric whose new best resets the patience)"
+        )
     if config.eval.early_stopping_patience and not config.eval_every_steps:
         raise ValueError("config.eval.early_stopping_patience needs config.eval_every_steps > 0")
     average = config.checkpoint.average_last
     if average and (not config.checkpoint.enabled or config.checkpoint.max_to_keep < average):
-        raise ValueError(f"config.checkpoint.average_last={average} needs checkpoints enabled and "
-                         f"config.checkpoint.max_to_keep >= {average} (got "
-                         f"{config.checkpoint.max_to_keep})")
+        raise ValueError(
+            f"config.checkpoint.average_last={average} needs checkpoints enabled and "
+            f"config.checkpoint.max_to_keep >= {average} (got "
+            f"{config.checkpoint.max_to_keep})"
+        )
     if average and not config.eval.final_split:
-        raise ValueError("config.checkpoint.average_last needs config.eval.final_split (the split "
-                         "the average is scored on)")
+        raise ValueError(
+            "config.checkpoint.average_last needs config.eval.final_split (the split "
+            "the average is scored on)"
+        )
     return data_config
 
 
@@ -229,8 +260,9 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
-def resume_conflicts(saved: ml_collections.ConfigDict | dict,
-                     config: ml_collections.ConfigDict | dict) -> list[str]:
+def resume_conflicts(
+    saved: ml_collections.ConfigDict | dict, config: ml_collections.ConfigDict | dict
+) -> list[str]:
     """The keys of `RESUME_FIXED_KEYS` whose value differs between a workdir's saved config and
     the config of a run that would resume it, as `key: saved -> new` strings (sorted)."""
     old = _flatten(saved.to_dict() if hasattr(saved, "to_dict") else dict(saved))
@@ -253,8 +285,9 @@ def resume_conflicts(saved: ml_collections.ConfigDict | dict,
     return out
 
 
-def check_resume(config: ml_collections.ConfigDict, workdir: os.PathLike | str,
-                 has_checkpoints: bool) -> None:
+def check_resume(
+    config: ml_collections.ConfigDict, workdir: os.PathLike | str, has_checkpoints: bool
+) -> None:
     """Refuses a run that would resume a workdir trained with an incompatible config.
 
     A workdir whose `config.json` exists and that holds checkpoints or a tokenizer must agree
@@ -273,7 +306,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: os.PathLike | str,
         raise ValueError(
             f"workdir {str(path)!r} was trained with another config; these keys may not change "
             f"on resume: {'; '.join(conflicts)} (use a fresh workdir, or init_checkpoint to "
-            "fine-tune from it)")
+            "fine-tune from it)"
+        )
 
 
 def config_file_error(config_arg: str, error: BaseException) -> str | None:
@@ -289,21 +323,33 @@ def config_file_error(config_arg: str, error: BaseException) -> str | None:
     """
     path = config_arg.split(":", 1)[0]
     real = os.path.realpath(path)
-    if isinstance(error, SyntaxError) and error.filename and (
-            os.path.realpath(error.filename) == real):
+    if (
+        isinstance(error, SyntaxError)
+        and error.filename
+        and (os.path.realpath(error.filename) == real)
+    ):
         return f"{path}: {type(error).__name__}: {error.msg} (line {error.lineno})"
-    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-             if os.path.realpath(f.filename) == real]
+    lines = [
+        f.lineno
+        for f in traceback.extract_tb(error.__traceback__)
+        if os.path.realpath(f.filename) == real
+    ]
     text = str(error)
     # ml_collections re-raises TypeError/ValueError with the traceback as text.
-    lines += [int(n) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)
-              if os.path.realpath(f) == real]
+    lines += [
+        int(n)
+        for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)
+        if os.path.realpath(f) == real
+    ]
     if not lines:
         return None
     body = [x.strip() for x in text.splitlines() if x.strip()]
     last = body[-1] if body else type(error).__name__
-    message = last if re.match(r"^\w+(Error|Exception|Warning)\b", last) else (
-        f"{type(error).__name__}: {last}")
+    message = (
+        last
+        if re.match(r"^\w+(Error|Exception|Warning)\b", last)
+        else (f"{type(error).__name__}: {last}")
+    )
     return f"{path}: {message} (line {lines[-1]})"
 
 
@@ -331,9 +377,10 @@ class WorkdirLock:
         except OSError:
             holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
             os.close(fd)
-            raise RuntimeError(f"workdir {str(self.path.parent)!r} is in use by another training "
-                               f"run ({holder}); wait for it to end or use another workdir"
-                               ) from None
+            raise RuntimeError(
+                f"workdir {str(self.path.parent)!r} is in use by another training "
+                f"run ({holder}); wait for it to end or use another workdir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
         self._fd = fd
@@ -354,7 +401,20 @@ class WorkdirLock:
         self.release()
 
 
-__all__ = ["base_config", "validate_config", "prepare_workdir", "save_config", "load_config",
-           "resume_conflicts", "check_resume", "WorkdirLock", "RESUME_FIXED_KEYS",
-           "RESUME_FREE_KEYS", "config_file_error",
-           "default_eval_config", "default_checkpoint_config", "preset_names", "CONFIG_FILENAME"]
+__all__ = [
+    "base_config",
+    "validate_config",
+    "prepare_workdir",
+    "save_config",
+    "load_config",
+    "resume_conflicts",
+    "check_resume",
+    "WorkdirLock",
+    "RESUME_FIXED_KEYS",
+    "RESUME_FREE_KEYS",
+    "config_file_error",
+    "default_eval_config",
+    "default_checkpoint_config",
+    "preset_names",
+    "CONFIG_FILENAME",
+]

@@ -67,9 +67,12 @@ class Experiment:
 
 def _build_model(config, source_tok, target_tok):
     model_config = models.ModelConfig.from_config(
-        config.model, source_vocab_size=source_tok.vocab_size,
-        target_vocab_size=target_tok.vocab_size, bos_id=target_tok.bos_id,
-        eos_id=target_tok.eos_id)
+        config.model,
+        source_vocab_size=source_tok.vocab_size,
+        target_vocab_size=target_tok.vocab_size,
+        bos_id=target_tok.bos_id,
+        eos_id=target_tok.eos_id,
+    )
     return model_config, models.build_model(model_config)
 
 
@@ -85,29 +88,60 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, staging: str) -> Ex
     data_config = experiment.validate_config(config)
     placement_args = _placement_args(config)
     from seq2seq_jax.training import checkpoint
-    experiment.check_resume(config, workdir, bool(checkpoint.complete_steps(
-        workdir / checkpoint.CHECKPOINT_DIRNAME)))
+
+    experiment.check_resume(
+        config, workdir, bool(checkpoint.complete_steps(workdir / checkpoint.CHECKPOINT_DIRNAME))
+    )
     source_tok, target_tok = _tokenizers(data_config, workdir, staging)
     model_config, model = _build_model(config, source_tok, target_tok)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
     lengths = (config.data.max_source_length, config.data.max_target_length)
     state, placement = trainer.init_train_state(
-        model, tx, seed=config.seed, parallelism=config.parallelism,
-        init_lengths=(min(lengths[0], 8), min(lengths[1], 8)), **placement_args)
+        model,
+        tx,
+        seed=config.seed,
+        parallelism=config.parallelism,
+        init_lengths=(min(lengths[0], 8), min(lengths[1], 8)),
+        **placement_args,
+    )
     train_step, eval_step = trainer.make_step_fns(
-        placement, label_smoothing=config.label_smoothing, nonfinite=config.optimizer.nonfinite)
+        placement, label_smoothing=config.label_smoothing, nonfinite=config.optimizer.nonfinite
+    )
     train_iter = data_lib.make_train_iterator(
-        data_config, source_tok, target_tok, batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-        row_multiple=jax.device_count())
+        data_config,
+        source_tok,
+        target_tok,
+        batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        row_multiple=jax.device_count(),
+    )
     decode_model = models.build_model(model_config.replace(deterministic=True))
     translator = decode_eval.make_translator(
-        decode_model, SearchConfig.from_config(config), source_tokenizer=source_tok,
-        target_tokenizer=target_tok, max_source_length=config.data.max_source_length,
-        batch_size=config.eval.decode_batch_size)
-    return Experiment(config, workdir, source_tok, target_tok, model_config, model, schedule,
-                      state, placement, train_step, eval_step, train_iter, translator,
-                      data_config)
+        decode_model,
+        SearchConfig.from_config(config),
+        source_tokenizer=source_tok,
+        target_tokenizer=target_tok,
+        max_source_length=config.data.max_source_length,
+        batch_size=config.eval.decode_batch_size,
+    )
+    return Experiment(
+        config,
+        workdir,
+        source_tok,
+        target_tok,
+        model_config,
+        model,
+        schedule,
+        state,
+        placement,
+        train_step,
+        eval_step,
+        train_iter,
+        translator,
+        data_config,
+    )
 
 
 def _tokenizers(data_config, workdir: Path, staging: str):
@@ -119,10 +153,12 @@ def _tokenizers(data_config, workdir: Path, staging: str):
     """
     multi = jax.process_count() > 1
     if jax.process_index() == 0:
-        pair = data_lib.get_tokenizers(data_config, str(workdir),
-                                       staging_dir=None if multi else staging)
+        pair = data_lib.get_tokenizers(
+            data_config, str(workdir), staging_dir=None if multi else staging
+        )
     if multi:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("seq2seq_jax.tokenizers")
     if jax.process_index() != 0:
         pair = data_lib.get_tokenizers(data_config, str(workdir))
@@ -146,8 +182,9 @@ def _commit(exp: Experiment, staging: str) -> None:
 _SETUP_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, OSError)
 
 
-def setup_experiment(config: ml_collections.ConfigDict, workdir: str,
-                     staging: str | None = None) -> Experiment:
+def setup_experiment(
+    config: ml_collections.ConfigDict, workdir: str, staging: str | None = None
+) -> Experiment:
     """Validates the config and the workdir, builds tokenizers, model, state and data.
 
     Nothing is written to the workdir (see `train_and_evaluate`): a tokenizer trained here is
@@ -175,9 +212,14 @@ def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, float]
     """Teacher-forced loss, nll, perplexity and token accuracy over `split` (`eval_` names)."""
     c = exp.config
     batches = data_lib.make_eval_batches(
-        exp.data_config, exp.source_tokenizer, exp.target_tokenizer, split=split,
+        exp.data_config,
+        exp.source_tokenizer,
+        exp.target_tokenizer,
+        split=split,
         batch_size=eval_batch_size(c) // jax.process_count(),
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     total = None
     for i, batch in enumerate(batches):
         if c.eval.max_batches and i >= c.eval.max_batches:
@@ -187,8 +229,9 @@ def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, float]
     return steps.summarize(total, prefix="eval_") if total else {}
 
 
-def decode_and_score(exp: Experiment, params: Any, split: str, max_examples: int,
-                     prefix: str) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+def decode_and_score(
+    exp: Experiment, params: Any, split: str, max_examples: int, prefix: str
+) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Decodes the first `max_examples` (0 = all) of `split` with `params` and scores them.
 
     Returns:
@@ -221,8 +264,11 @@ class Preemption:
 
     def _handler(self, signum, frame) -> None:
         del signum, frame
-        when = "after this step" if jax.process_count() == 1 else (
-            "at the next log or checkpoint step")
+        when = (
+            "after this step"
+            if jax.process_count() == 1
+            else ("at the next log or checkpoint step")
+        )
         log.warning("SIGTERM received: saving a checkpoint %s, then exiting", when)
         self._requested = True
 
@@ -250,6 +296,7 @@ class Preemption:
         if not sync_point:
             return False
         from jax.experimental import multihost_utils
+
         flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
         return bool(np.any(flags))
 
@@ -259,11 +306,16 @@ def _open_checkpointer(exp: Experiment):
     if not c.checkpoint.enabled:
         return None
     from seq2seq_jax.training import checkpoint
+
     return checkpoint.Checkpointer(
-        exp.workdir, save_every_steps=c.checkpoint_every_steps,
-        max_to_keep=c.checkpoint.max_to_keep, best_metric=c.checkpoint.best_metric or None,
-        best_mode=c.checkpoint.best_mode, keep_best=c.checkpoint.keep_best,
-        async_save=c.checkpoint.async_save)
+        exp.workdir,
+        save_every_steps=c.checkpoint_every_steps,
+        max_to_keep=c.checkpoint.max_to_keep,
+        best_metric=c.checkpoint.best_metric or None,
+        best_mode=c.checkpoint.best_mode,
+        keep_best=c.checkpoint.keep_best,
+        async_save=c.checkpoint.async_save,
+    )
 
 
 def _restore(exp: Experiment, ckpt) -> TrainState:
@@ -274,9 +326,13 @@ def _restore(exp: Experiment, ckpt) -> TrainState:
         host_state = ckpt.restore(host_state, data_iterator=exp.train_iter)
     elif exp.config.init_checkpoint:
         from seq2seq_jax.training import checkpoint
+
         log.info("Initialising parameters from %s", exp.config.init_checkpoint)
-        params = checkpoint.restore_params(exp.config.init_checkpoint, host_state.params,
-                                           extend_vocab=exp.config.checkpoint.extend_vocab)
+        params = checkpoint.restore_params(
+            exp.config.init_checkpoint,
+            host_state.params,
+            extend_vocab=exp.config.checkpoint.extend_vocab,
+        )
         host_state = host_state.replace(params=params)
     else:
         return exp.state
@@ -288,19 +344,33 @@ def _save(ckpt, exp: Experiment, step: int, state: TrainState, metrics=None, for
         return
     if not (force or ckpt.should_save(step)):
         return
-    ckpt.save(step, trainer.state_to_host_layout(state, exp.placement), exp.train_iter,
-              metrics=metrics, force=force)
+    ckpt.save(
+        step,
+        trainer.state_to_host_layout(state, exp.placement),
+        exp.train_iter,
+        metrics=metrics,
+        force=force,
+    )
 
 
 def _progress(exp: Experiment, start: int):
     from tqdm.auto import tqdm
+
     enabled = exp.config.progress_bar and jax.process_index() == 0
-    return tqdm(total=exp.config.num_train_steps, initial=start, disable=not enabled,
-                unit="step", dynamic_ncols=True, mininterval=1.0, desc="train")
+    return tqdm(
+        total=exp.config.num_train_steps,
+        initial=start,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        desc="train",
+    )
 
 
-def _train_summary(exp: Experiment, state: TrainState, window: dict, seconds: float,
-                   step: int) -> dict[str, float]:
+def _train_summary(
+    exp: Experiment, state: TrainState, window: dict, seconds: float, step: int
+) -> dict[str, float]:
     summary = steps.summarize(window, prefix="train_")
     summary["train_tokens_per_second"] = float(window["loss"][1]) / max(seconds, 1e-9)
     updates = step // int(exp.config.optimizer.accumulate_steps)
@@ -311,8 +381,13 @@ def _train_summary(exp: Experiment, state: TrainState, window: dict, seconds: fl
 def _run_eval(exp: Experiment, state: TrainState, step: int, writer: MetricsWriter) -> dict:
     c = exp.config
     metrics = evaluate(exp, state, c.eval.split)
-    task, examples = decode_and_score(exp, trainer.host_params(state, exp.placement),
-                                      c.eval.split, c.eval.decode_examples, "eval_")
+    task, examples = decode_and_score(
+        exp,
+        trainer.host_params(state, exp.placement),
+        c.eval.split,
+        c.eval.decode_examples,
+        "eval_",
+    )
     metrics.update(task)
     writer.write(step, metrics)
     for source, reference, hypothesis in examples[:3]:
@@ -370,6 +445,7 @@ class StopRules:
             if not sync_point:
                 return False
             from jax.experimental import multihost_utils
+
             spent = bool(multihost_utils.broadcast_one_to_all(np.asarray(spent, np.int32)))
         return spent
 
@@ -387,8 +463,12 @@ class NonfiniteGuard:
     metrics.jsonl).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, placement: trainer.Placement,
-                 history: list[dict[str, Any]]):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        placement: trainer.Placement,
+        history: list[dict[str, Any]],
+    ):
         self.mode = config.optimizer.nonfinite
         self.limit = int(config.optimizer.max_consecutive_nonfinite)
         self.placement = placement
@@ -415,29 +495,44 @@ class NonfiniteGuard:
             self.consecutive = 0
             return
         if self.mode == "abort":
-            raise TrainingDiverged(f"non-finite loss or parameters at step {step} "
-                                   "(optimizer.nonfinite='abort')")
+            raise TrainingDiverged(
+                f"non-finite loss or parameters at step {step} (optimizer.nonfinite='abort')"
+            )
         self.total += 1
         self.consecutive += 1
-        log.warning("step %d | non-finite step skipped (%d in a row, %d in all)", step,
-                    self.consecutive, self.total)
+        log.warning(
+            "step %d | non-finite step skipped (%d in a row, %d in all)",
+            step,
+            self.consecutive,
+            self.total,
+        )
         if self.consecutive >= self.limit:
             raise TrainingDiverged(
                 f"{self.consecutive} consecutive non-finite steps up to step {step} "
-                f"(optimizer.nonfinite='skip', max_consecutive_nonfinite={self.limit})")
+                f"(optimizer.nonfinite='skip', max_consecutive_nonfinite={self.limit})"
+            )
 
 
 def _log_new_shape(batch: dict[str, np.ndarray], seen: set) -> None:
     shape = (batch["inputs"].shape, batch["targets"].shape)
     if shape not in seen:
         seen.add(shape)
-        log.info("train step: new batch shape inputs %s, targets %s (compiling; %d shapes so "
-                 "far)", *shape, len(seen))
+        log.info(
+            "train step: new batch shape inputs %s, targets %s (compiling; %d shapes so far)",
+            *shape,
+            len(seen),
+        )
 
 
-def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
-                preemption: Preemption, rules: StopRules,
-                guard: NonfiniteGuard) -> tuple[TrainState, int, bool]:
+def _train_loop(
+    exp: Experiment,
+    state: TrainState,
+    ckpt,
+    writer: MetricsWriter,
+    preemption: Preemption,
+    rules: StopRules,
+    guard: NonfiniteGuard,
+) -> tuple[TrainState, int, bool]:
     """Runs the steps from `state.step` to the end (or a stop rule); returns
     (state, step reached, preempted).
 
@@ -449,8 +544,11 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
     pending, tick, seen = [], time.perf_counter(), set()
     began = tick  # Training time of this run = now - began - evaluation time.
     if step < c.num_train_steps and rules.budget_spent(0.0):
-        log.info("step %d | max_train_minutes=%g already spent by the earlier runs", step,
-                 c.max_train_minutes)
+        log.info(
+            "step %d | max_train_minutes=%g already spent by the earlier runs",
+            step,
+            c.max_train_minutes,
+        )
         return state, step, False
     with _progress(exp, start) as bar:
         while step < c.num_train_steps:
@@ -478,11 +576,14 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                     window = steps.accumulate(window, trainer.metrics_to_host(m, exp.placement))
                 summary = _train_summary(exp, state, window, time.perf_counter() - tick, step)
                 summary["nonfinite_total"] = guard.total
-                summary["train_minutes"] = (rules.previous_seconds
-                                            + time.perf_counter() - began) / 60.0
+                summary["train_minutes"] = (
+                    rules.previous_seconds + time.perf_counter() - began
+                ) / 60.0
                 writer.write(step, summary)
-                bar.set_postfix(loss=f"{summary['train_loss']:.3f}",
-                                tok_s=f"{summary['train_tokens_per_second']:.0f}")
+                bar.set_postfix(
+                    loss=f"{summary['train_loss']:.3f}",
+                    tok_s=f"{summary['train_tokens_per_second']:.0f}",
+                )
                 pending, tick = [], time.perf_counter()
             eval_metrics = None
             if last or at_eval:
@@ -492,8 +593,12 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                 evaluation = time.perf_counter() - started  # Not training time.
                 tick, began = tick + evaluation, began + evaluation
                 if rules.patience_spent():
-                    log.info("step %d | early stopping: %d evaluations without a new best %s",
-                             step, rules.since_best, rules.metric)
+                    log.info(
+                        "step %d | early stopping: %d evaluations without a new best %s",
+                        step,
+                        rules.since_best,
+                        rules.metric,
+                    )
                     stop = True
             if preemption.requested(sync_point=sync_point or last):
                 guard.flush()
@@ -501,14 +606,19 @@ def _train_loop(exp: Experiment, state: TrainState, ckpt, writer: MetricsWriter,
                 return state, step, True
             _save(ckpt, exp, step, state, eval_metrics, force=last or stop)
             if stop:
-                log.info("step %d | training stopped (max_train_minutes=%g, early stopping "
-                         "patience=%d)", step, c.max_train_minutes, rules.patience)
+                log.info(
+                    "step %d | training stopped (max_train_minutes=%g, early stopping patience=%d)",
+                    step,
+                    c.max_train_minutes,
+                    rules.patience,
+                )
                 break
     return state, step, False
 
 
-def _final_evaluation(exp: Experiment, state: TrainState, step: int, writer: MetricsWriter,
-                      ckpt) -> dict[str, float]:
+def _final_evaluation(
+    exp: Experiment, state: TrainState, step: int, writer: MetricsWriter, ckpt
+) -> dict[str, float]:
     """Decodes all of `eval.final_split` (e.g. the test split) once training has ended.
 
     With `checkpoint.average_last=N` it also scores the mean of the last N kept checkpoints
@@ -522,6 +632,7 @@ def _final_evaluation(exp: Experiment, state: TrainState, step: int, writer: Met
     average = int(exp.config.checkpoint.average_last)
     if average and ckpt is not None:
         from seq2seq_jax.training import checkpoint
+
         ckpt.wait()  # The final save must be committed before it is averaged.
         step_dirs = checkpoint.last_step_dirs(exp.workdir, average)
         params = checkpoint.average_params(step_dirs, params)
@@ -530,8 +641,9 @@ def _final_evaluation(exp: Experiment, state: TrainState, step: int, writer: Met
         metrics["averaged_checkpoints"] = len(step_dirs)
         if jax.process_index() == 0:
             path = checkpoint.save_averaged(exp.workdir, step, params)
-            log.info("final | saved the mean of steps %s as %s",
-                     [int(d.name) for d in step_dirs], path)
+            log.info(
+                "final | saved the mean of steps %s as %s", [int(d.name) for d in step_dirs], path
+            )
     writer.write(step, metrics)
     log.info("final | %s", _fmt(metrics))
     return metrics
@@ -539,9 +651,15 @@ def _final_evaluation(exp: Experiment, state: TrainState, step: int, writer: Met
 
 def _describe(exp: Experiment) -> None:
     host = trainer.state_to_host_layout(exp.state, exp.placement)
-    log.info("Model %s: %d parameters; %d devices on %d hosts (%s, fsdp=%d)",
-             exp.model_config.name, models.count_params(host.params), jax.device_count(),
-             jax.process_count(), exp.config.parallelism, exp.config.fsdp)
+    log.info(
+        "Model %s: %d parameters; %d devices on %d hosts (%s, fsdp=%d)",
+        exp.model_config.name,
+        models.count_params(host.params),
+        jax.device_count(),
+        jax.process_count(),
+        exp.config.parallelism,
+        exp.config.fsdp,
+    )
     frozen = optim.frozen_paths(host.params, exp.config.optimizer.freeze)
     if frozen:
         log.info("Frozen parameters: %s", ", ".join(frozen))
@@ -597,24 +715,32 @@ def _run(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> dict
         rules = StopRules(exp.config, history)
         guard = NonfiniteGuard(exp.config, exp.placement, history)
         try:
-            state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption, rules,
-                                                 guard)
+            state, step, preempted = _train_loop(exp, state, ckpt, writer, preemption, rules, guard)
         except TrainingDiverged as e:
             if ckpt is not None:
                 ckpt.wait()
             latest = ckpt.latest_step() if ckpt is not None else None
-            kept = (f"the latest checkpoint is the last good one, step {latest}"
-                    if latest is not None else "no checkpoint was saved")
-            raise TrainingDiverged(f"{e}; nothing non-finite was saved, {kept} "
-                                   f"({exp.workdir})") from None
+            kept = (
+                f"the latest checkpoint is the last good one, step {latest}"
+                if latest is not None
+                else "no checkpoint was saved"
+            )
+            raise TrainingDiverged(
+                f"{e}; nothing non-finite was saved, {kept} ({exp.workdir})"
+            ) from None
         final = {} if preempted else _final_evaluation(exp, state, step, writer, ckpt)
     if is_main and writer.path.exists():
         plot_learning_curves(writer.path, exp.workdir / CURVES_FILENAME)
     return {**_last_values(writer.path), **final, "step": step, "preempted": preempted}
 
 
-def _start(config: ml_collections.ConfigDict, workdir: str, staging: str,
-           stack: contextlib.ExitStack, is_main: bool) -> tuple[Experiment, TrainState, Any]:
+def _start(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    staging: str,
+    stack: contextlib.ExitStack,
+    is_main: bool,
+) -> tuple[Experiment, TrainState, Any]:
     """Locks the workdir (process 0), builds the experiment and restores its latest checkpoint.
 
     Raises:
@@ -644,6 +770,7 @@ def _history(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     from seq2seq_jax.training.metrics_writer import read_metrics
+
     return list(read_metrics(path))
 
 
@@ -652,6 +779,7 @@ def _last_values(path: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     from seq2seq_jax.training.metrics_writer import read_metrics
+
     latest: dict[str, float] = {}
     for record in read_metrics(path):
         latest.update({k: v for k, v in record.items() if k != "step"})

@@ -34,8 +34,9 @@ def _jsonable(value: Any) -> Any:
 class MetricsWriter:
     """Appends scalars to `metrics.jsonl` and TensorBoard; use as a context manager."""
 
-    def __init__(self, workdir: os.PathLike | str, *, enabled: bool = True,
-                 tensorboard: bool = True) -> None:
+    def __init__(
+        self, workdir: os.PathLike | str, *, enabled: bool = True, tensorboard: bool = True
+    ) -> None:
         """Opens the writers (nothing is opened when `enabled` is False).
 
         Args:
@@ -53,11 +54,14 @@ class MetricsWriter:
     def _tensorboard_writer(self):
         if self._tb is None and self._tensorboard:
             from tensorboardX import SummaryWriter
+
             # tensorboardX names a file by the second and host only and truncates a file of
             # that name: a suffix keeps two writers of the same second from erasing each other.
-            self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIRNAME),
-                                     purge_step=self._purge_step,
-                                     filename_suffix=f".{os.getpid()}.{next(_EVENT_FILES)}")
+            self._tb = SummaryWriter(
+                logdir=str(self.workdir / TENSORBOARD_DIRNAME),
+                purge_step=self._purge_step,
+                filename_suffix=f".{os.getpid()}.{next(_EVENT_FILES)}",
+            )
         return self._tb
 
     def drop_after(self, step: int) -> None:
@@ -154,8 +158,7 @@ def plot_learning_curves(metrics_path: os.PathLike | str, png_path: os.PathLike 
     for name in ("train_loss", "eval_loss"):
         steps, values = _series(records, name)
         if steps:
-            ax_loss.plot(steps, values, marker="." if name.startswith("eval") else None,
-                         label=name)
+            ax_loss.plot(steps, values, marker="." if name.startswith("eval") else None, label=name)
     ax_loss.set(xlabel="step", ylabel="loss (label-smoothed CE)", title="Loss")
     task = ("eval_exact_match", "eval_bleu", "eval_chrf", "eval_accuracy")
     for name in task:

@@ -116,9 +116,11 @@ def make_schedule(config: ml_collections.ConfigDict, num_train_steps: int) -> op
         if len(config.boundaries) != len(config.scales):
             raise ValueError(
                 f"optimizer.boundaries {tuple(config.boundaries)} and optimizer.scales "
-                f"{tuple(config.scales)} must have the same length")
+                f"{tuple(config.scales)} must have the same length"
+            )
         return optax.piecewise_constant_schedule(
-            lr, {int(b): float(s) for b, s in zip(config.boundaries, config.scales, strict=True)})
+            lr, {int(b): float(s) for b, s in zip(config.boundaries, config.scales, strict=True)}
+        )
     if name == "warmup_rsqrt":
         if w < 1:
             raise ValueError("optimizer.schedule='warmup_rsqrt' needs optimizer.warmup_steps >= 1")
@@ -132,7 +134,8 @@ def make_schedule(config: ml_collections.ConfigDict, num_train_steps: int) -> op
         if n <= w:
             raise ValueError(
                 f"optimizer.decay_steps (or num_train_steps) = {n} must exceed "
-                f"optimizer.warmup_steps = {w} for schedule {name!r}")
+                f"optimizer.warmup_steps = {w} for schedule {name!r}"
+            )
         if name == "warmup_cosine":
             return optax.warmup_cosine_decay_schedule(0.0, lr, w, n, end_value=lr * f)
         warmup = optax.linear_schedule(0.0, lr, max(w, 1))
@@ -154,11 +157,18 @@ def _base_optimizer(
     if name == "adam":
         return optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
     if name == "adamw":
-        return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay, mask=_decay_mask)
+        return optax.adamw(
+            schedule,
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=_decay_mask,
+        )
     if name == "adafactor":
-        return optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None,
-                               weight_decay_mask=_decay_mask)
+        return optax.adafactor(
+            schedule, weight_decay_rate=config.weight_decay or None, weight_decay_mask=_decay_mask
+        )
     if name == "sgd":
         return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
     raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
@@ -170,7 +180,8 @@ def _compile_multipliers(pairs: Sequence[Sequence[Any]]) -> list[tuple[re.Patter
     for pair in pairs:
         if len(pair) != 2:
             raise ValueError(
-                f"optimizer.lr_multipliers entries must be (regex, factor) pairs, got {pair!r}")
+                f"optimizer.lr_multipliers entries must be (regex, factor) pairs, got {pair!r}"
+            )
         regex, factor = pair
         try:
             compiled.append((re.compile(regex), float(factor)))
@@ -196,7 +207,8 @@ def scale_by_path(pairs: Sequence[Sequence[Any]]) -> optax.GradientTransformatio
     def scale(updates: PyTree, params: PyTree = None) -> PyTree:
         del params
         return jax.tree_util.tree_map_with_path(
-            lambda p, u: u * jnp.asarray(factor(param_path(p)), u.dtype), updates)
+            lambda p, u: u * jnp.asarray(factor(param_path(p)), u.dtype), updates
+        )
 
     return optax.stateless(scale) if compiled else optax.identity()
 
@@ -210,7 +222,8 @@ def freeze_labels(freeze_regex: str) -> Callable[[PyTree], PyTree]:
 
     def labels(params: PyTree) -> PyTree:
         return jax.tree_util.tree_map_with_path(
-            lambda p, _: "frozen" if rx.search(param_path(p)) else "trainable", params)
+            lambda p, _: "frozen" if rx.search(param_path(p)) else "trainable", params
+        )
 
     return labels
 
@@ -232,12 +245,16 @@ def make_optimizer(
     if k < 1:
         raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {k}")
     schedule = make_schedule(config, max(num_train_steps // k, 1))
-    clip = (optax.clip_by_global_norm(config.grad_clip_norm)
-            if config.grad_clip_norm > 0 else optax.identity())
+    clip = (
+        optax.clip_by_global_norm(config.grad_clip_norm)
+        if config.grad_clip_norm > 0
+        else optax.identity()
+    )
     tx = optax.chain(clip, _base_optimizer(config, schedule), scale_by_path(config.lr_multipliers))
     if config.freeze:
-        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                                   freeze_labels(config.freeze))
+        tx = optax.multi_transform(
+            {"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels(config.freeze)
+        )
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx, schedule
@@ -284,7 +301,8 @@ def validate_optimizer_config(config: ml_collections.ConfigDict) -> None:
         kind = (int,) if integral else (int, float)
         relation = ">=" if closed else ">"
         want = f"{'an int' if integral else 'a finite number'} {relation} {low}" + (
-            f" and <= {high}" if high is not None else "")
+            f" and <= {high}" if high is not None else ""
+        )
         ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= low if closed else value > low) and (high is None or value <= high)
         if not ok:
@@ -294,21 +312,35 @@ def validate_optimizer_config(config: ml_collections.ConfigDict) -> None:
     if config.schedule not in SCHEDULES:
         raise ValueError(f"optimizer.schedule={config.schedule!r} is not one of {list(SCHEDULES)}")
     if config.nonfinite not in NONFINITE_MODES:
-        raise ValueError(f"optimizer.nonfinite={config.nonfinite!r} is not one of "
-                         f"{list(NONFINITE_MODES)}")
+        raise ValueError(
+            f"optimizer.nonfinite={config.nonfinite!r} is not one of {list(NONFINITE_MODES)}"
+        )
     for b in config.boundaries:
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise ValueError(f"optimizer.boundaries must be ints >= 0, got "
-                             f"{tuple(config.boundaries)}")
+            raise ValueError(
+                f"optimizer.boundaries must be ints >= 0, got {tuple(config.boundaries)}"
+            )
     for x in config.scales:
-        if isinstance(x, bool) or not isinstance(x, int | float) or not (
-                math.isfinite(x) and x >= 0):
-            raise ValueError(f"optimizer.scales must be finite numbers >= 0, got "
-                             f"{tuple(config.scales)}")
+        if (
+            isinstance(x, bool)
+            or not isinstance(x, int | float)
+            or not (math.isfinite(x) and x >= 0)
+        ):
+            raise ValueError(
+                f"optimizer.scales must be finite numbers >= 0, got {tuple(config.scales)}"
+            )
 
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "default_optimizer_config", "make_schedule", "make_optimizer",
-    "scale_by_path", "freeze_labels", "frozen_paths", "param_path", "NONFINITE_MODES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "default_optimizer_config",
+    "make_schedule",
+    "make_optimizer",
+    "scale_by_path",
+    "freeze_labels",
+    "frozen_paths",
+    "param_path",
+    "NONFINITE_MODES",
     "validate_optimizer_config",
 ]

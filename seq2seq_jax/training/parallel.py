@@ -85,8 +85,12 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> bool:
     if config.local_device_ids:
         kwargs["local_device_ids"] = [int(i) for i in str(config.local_device_ids).split(",")]
     jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed: process %d of %d, %d global devices",
-                 jax.process_index(), jax.process_count(), jax.device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -107,7 +111,8 @@ def check_batch_size(batch_size: int, parallelism: str) -> None:
     if batch_size % n:
         raise ValueError(
             f"batch_size={batch_size} is not divisible by the device count {n} "
-            f"(parallelism={parallelism}); choose a multiple of {n}")
+            f"(parallelism={parallelism}); choose a multiple of {n}"
+        )
     if batch_size % hosts:
         raise ValueError(f"batch_size={batch_size} is not divisible by the host count {hosts}")
 
@@ -128,7 +133,8 @@ def state_shardings(abstract_state: PyTree, mesh: Mesh, min_size: int = 0) -> Py
     fsdp_size = mesh.shape["fsdp"]
     return jax.tree.map(
         lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp_size, min_size)),
-        abstract_state)
+        abstract_state,
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -139,8 +145,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each host's rows into global arrays sharded along the batch axis."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }
 
 
 def shard_for_pmap(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,11 +184,16 @@ def compile_train_step(
     """
     if parallelism == "jit":
         replicated = NamedSharding(mesh, P())
-        return jax.jit(step_fn, in_shardings=(shardings, batch_sharding(mesh)),
-                       out_shardings=(shardings, replicated), donate_argnums=0)
+        return jax.jit(
+            step_fn,
+            in_shardings=(shardings, batch_sharding(mesh)),
+            out_shardings=(shardings, replicated),
+            donate_argnums=0,
+        )
     if parallelism == "pmap":
-        return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
-                        donate_argnums=0)
+        return jax.pmap(
+            functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=0
+        )
     raise ValueError(f"parallelism={parallelism!r} is not 'jit' or 'pmap'")
 
 
@@ -193,8 +206,11 @@ def compile_eval_step(
 ) -> Callable[..., Any]:
     """Compiles `step_fn(state, batch, *, axis_name) -> metrics` (no donation)."""
     if parallelism == "jit":
-        return jax.jit(step_fn, in_shardings=(shardings, batch_sharding(mesh)),
-                       out_shardings=NamedSharding(mesh, P()))
+        return jax.jit(
+            step_fn,
+            in_shardings=(shardings, batch_sharding(mesh)),
+            out_shardings=NamedSharding(mesh, P()),
+        )
     if parallelism == "pmap":
         return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS)
     raise ValueError(f"parallelism={parallelism!r} is not 'jit' or 'pmap'")

@@ -53,5 +53,9 @@ class TrainState:
 
     def checkpoint_items(self) -> dict[str, PyTree]:
         """The saved part of the state (no callables)."""
-        return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
-                "rng": self.rng}
+        return {
+            "step": self.step,
+            "params": self.params,
+            "opt_state": self.opt_state,
+            "rng": self.rng,
+        }

@@ -26,8 +26,7 @@ from seq2seq_jax.training.state import TrainState
 Batch = dict[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]  # name -> (sum, weight)
 
-MODEL_KEYS = ("inputs_segmentation", "targets_segmentation", "inputs_position",
-              "targets_position")
+MODEL_KEYS = ("inputs_segmentation", "targets_segmentation", "inputs_position", "targets_position")
 
 
 def cross_entropy_with_smoothing(
@@ -83,12 +82,24 @@ def token_metrics(
     return {"loss": loss, "nll": nll, "accuracy": (jnp.sum(correct), loss[1])}
 
 
-def apply_model(state: TrainState, params: Any, batch: Batch, *, train: bool,
-                dropout_rng: jax.Array | None = None) -> jax.Array:
+def apply_model(
+    state: TrainState,
+    params: Any,
+    batch: Batch,
+    *,
+    train: bool,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
     """Teacher-forced logits `[B, T, V]` (float32) of the model behind `state.apply_fn`."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    logits = state.apply_fn({"params": params}, batch["inputs"], batch["targets"],
-                            **{k: batch[k] for k in MODEL_KEYS}, train=train, rngs=rngs)
+    logits = state.apply_fn(
+        {"params": params},
+        batch["inputs"],
+        batch["targets"],
+        **{k: batch[k] for k in MODEL_KEYS},
+        train=train,
+        rngs=rngs,
+    )
     return logits.astype(jnp.float32)
 
 
@@ -130,7 +141,8 @@ def train_step(
         logits = apply_model(state, params, batch, train=True, dropout_rng=dropout_rng)
         weights = (batch["targets"] != 0).astype(jnp.float32)
         loss_sum, weight = cross_entropy_with_smoothing(
-            logits, batch["targets"], weights, label_smoothing)
+            logits, batch["targets"], weights, label_smoothing
+        )
         return loss_sum, logits
 
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -147,7 +159,8 @@ def train_step(
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = new_state.replace(
             params=jax.tree.map(keep, new_state.params, state.params),
-            opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state))
+            opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
+        )
     bad = 1.0 - finite.astype(jnp.float32)
     metrics["nonfinite"] = (bad, one)  # Logged as the fraction of non-finite steps.
     positions = jnp.asarray(batch["targets"].size, jnp.float32)  # B x T target positions

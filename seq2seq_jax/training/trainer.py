@@ -45,9 +45,14 @@ def dummy_batch(source_length: int, target_length: int, rows: int = 1) -> dict[s
     """An all-ones batch of the given shape, for `model.init` (values do not matter)."""
     src = np.ones((rows, source_length), np.int32)
     tgt = np.ones((rows, target_length), np.int32)
-    return {"inputs": src, "targets": tgt, "inputs_segmentation": src,
-            "targets_segmentation": tgt, "inputs_position": np.zeros_like(src),
-            "targets_position": np.zeros_like(tgt)}
+    return {
+        "inputs": src,
+        "targets": tgt,
+        "inputs_segmentation": src,
+        "targets_segmentation": tgt,
+        "inputs_position": np.zeros_like(src),
+        "targets_position": np.zeros_like(tgt),
+    }
 
 
 def init_train_state(
@@ -83,9 +88,13 @@ def init_train_state(
     batch = dummy_batch(*init_lengths)
 
     def init_fn():
-        variables = model.init({"params": params_key, "dropout": dropout_key}, batch["inputs"],
-                               batch["targets"], **{k: batch[k] for k in steps.MODEL_KEYS},
-                               train=False)
+        variables = model.init(
+            {"params": params_key, "dropout": dropout_key},
+            batch["inputs"],
+            batch["targets"],
+            **{k: batch[k] for k in steps.MODEL_KEYS},
+            train=False,
+        )
         scheme = getattr(getattr(model, "config", None), "init_scheme", "flax")
         params = model_init.apply_scheme(scheme, variables["params"], params_key)
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_key)
@@ -107,12 +116,15 @@ def make_step_fns(
     `nonfinite` is `steps.train_step`'s mode ('abort', 'skip' or 'ignore')."""
     kwargs = dict(mesh=placement.mesh, shardings=placement.shardings)
     train = parallel.compile_train_step(
-        functools.partial(steps.train_step, label_smoothing=label_smoothing,
-                          nonfinite=nonfinite),
-        placement.parallelism, **kwargs)
+        functools.partial(steps.train_step, label_smoothing=label_smoothing, nonfinite=nonfinite),
+        placement.parallelism,
+        **kwargs,
+    )
     evaluate = parallel.compile_eval_step(
         functools.partial(steps.eval_step, label_smoothing=label_smoothing),
-        placement.parallelism, **kwargs)
+        placement.parallelism,
+        **kwargs,
+    )
     return train, evaluate
 
 

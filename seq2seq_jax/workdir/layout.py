@@ -103,8 +103,9 @@ def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object of config "
-                         "sections")
+        raise ValueError(
+            f"{path} holds a JSON {type(value).__name__}, not an object of config sections"
+        )
     return ml_collections.ConfigDict(value)
 
 
@@ -115,8 +116,12 @@ def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
 def is_complete_step_dir(path: os.PathLike | str) -> bool:
     """Whether `path` is a committed Orbax step directory holding a saved `TrainState`."""
     path = Path(path)
-    return (path.is_dir() and path.name.isdigit() and (path / COMMIT_MARKER).is_file()
-            and (path / STATE_ITEM).is_dir())
+    return (
+        path.is_dir()
+        and path.name.isdigit()
+        and (path / COMMIT_MARKER).is_file()
+        and (path / STATE_ITEM).is_dir()
+    )
 
 
 def complete_steps(checkpoints_dir: os.PathLike | str) -> list[int]:
@@ -188,11 +193,13 @@ def resolve_checkpoint(path: os.PathLike | str, step: int | None = None) -> Chec
     if not steps:
         raise FileNotFoundError(f"no complete checkpoint in {path} (looked in {checkpoints_dir})")
     if step is not None and step not in steps:
-        raise FileNotFoundError(f"no complete checkpoint of step {step} in {checkpoints_dir} "
-                                f"(steps: {steps})")
+        raise FileNotFoundError(
+            f"no complete checkpoint of step {step} in {checkpoints_dir} (steps: {steps})"
+        )
     chosen = steps[-1] if step is None else step
-    return CheckpointLocation(step_dir=checkpoints_dir / str(chosen), step=chosen,
-                              workdir=checkpoints_dir.parent)
+    return CheckpointLocation(
+        step_dir=checkpoints_dir / str(chosen), step=chosen, workdir=checkpoints_dir.parent
+    )
 
 
 def last_step_dirs(workdir: os.PathLike | str, n: int) -> list[Path]:
@@ -217,9 +224,11 @@ def averaged_step_dir(workdir: os.PathLike | str) -> Path:
     directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
     steps = complete_steps(directory)
     if not steps:
-        raise FileNotFoundError(f"no averaged checkpoint in {directory} (train with "
-                                "config.checkpoint.average_last=N, or decode with "
-                                "--average_checkpoints=N)")
+        raise FileNotFoundError(
+            f"no averaged checkpoint in {directory} (train with "
+            "config.checkpoint.average_last=N, or decode with "
+            "--average_checkpoints=N)"
+        )
     return directory / str(steps[-1])
 
 
@@ -235,8 +244,9 @@ def metric_score(metrics: Mapping[str, Any] | None, name: str, mode: str) -> flo
     return value if mode == "max" else -value
 
 
-def rank_best(metrics_by_step: Mapping[int, Mapping[str, Any] | None], metric: str,
-              mode: str) -> int | None:
+def rank_best(
+    metrics_by_step: Mapping[int, Mapping[str, Any] | None], metric: str, mode: str
+) -> int | None:
     """The step with the best finite `metric` (ties: the later step); None if none has one.
     NaN, infinite or missing values never count as best."""
     scored = [(metric_score(m, metric, mode), s) for s, m in metrics_by_step.items()]
@@ -244,8 +254,9 @@ def rank_best(metrics_by_step: Mapping[int, Mapping[str, Any] | None], metric: s
     return max(scored)[1] if scored else None
 
 
-def saved_metrics(checkpoints_dir: os.PathLike | str,
-                  steps: Collection[int] | None = None) -> dict[int, dict[str, Any] | None]:
+def saved_metrics(
+    checkpoints_dir: os.PathLike | str, steps: Collection[int] | None = None
+) -> dict[int, dict[str, Any] | None]:
     """`{step: metrics saved with it, or None}` for `steps` (default: the complete steps),
     read through a read-only Orbax `CheckpointManager`: it neither saves, deletes nor cleans up
     temporary directories, so it is safe beside a running trainer.
@@ -259,8 +270,9 @@ def saved_metrics(checkpoints_dir: os.PathLike | str,
     steps = complete_steps(checkpoints_dir) if steps is None else list(steps)
     if not steps:
         return {}
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                           cleanup_tmp_directories=False)
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, cleanup_tmp_directories=False
+    )
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # Orbax warns that a read-only manager is read-only.
@@ -272,8 +284,9 @@ def saved_metrics(checkpoints_dir: os.PathLike | str,
                 out[step] = None if value is None else dict(value)
             return out
     except Exception as e:  # Orbax raises several types for unreadable JSON.
-        raise CheckpointError(f"corrupt checkpoint metrics in {checkpoints_dir}: "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"corrupt checkpoint metrics in {checkpoints_dir}: {type(e).__name__}: {e}"
+        ) from e
     finally:
         absl.setLevel(level)
 

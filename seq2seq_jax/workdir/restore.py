@@ -57,16 +57,22 @@ def shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
     return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_shapes(saved: Mapping[str, tuple[int, ...]], target: Mapping[str, tuple[int, ...]],
-                 where: Path, *, what: str = "parameter") -> None:
+def check_shapes(
+    saved: Mapping[str, tuple[int, ...]],
+    target: Mapping[str, tuple[int, ...]],
+    where: Path,
+    *,
+    what: str = "parameter",
+) -> None:
     """Raises if `saved` and `target` differ in paths or shapes, naming every difference."""
     missing = sorted(set(target) - set(saved))
     unexpected = sorted(set(saved) - set(target))
     mismatched = sorted(k for k in set(saved) & set(target) if saved[k] != target[k])
     problems = [f"{what} {k} missing from the checkpoint" for k in missing]
     problems += [f"checkpoint {what} {k} {saved[k]} not in the model" for k in unexpected]
-    problems += [f"{what} {k}: checkpoint shape {saved[k]} != model shape {target[k]}"
-                 for k in mismatched]
+    problems += [
+        f"{what} {k}: checkpoint shape {saved[k]} != model shape {target[k]}" for k in mismatched
+    ]
     if problems:
         raise ValueError(f"checkpoint {where} does not match the model: " + "; ".join(problems))
 
@@ -76,22 +82,30 @@ def read_state_metadata(step_dir: Path) -> dict[str, Any]:
     try:
         tree = ocp.PyTreeCheckpointHandler().metadata(step_dir / STATE_ITEM).tree
     except Exception as e:  # Orbax raises many types for unreadable metadata; re-raise as ours.
-        raise CheckpointError(f"corrupt checkpoint {step_dir}: cannot read its metadata "
-                              f"({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"corrupt checkpoint {step_dir}: cannot read its metadata ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(tree, Mapping) or "params" not in tree:
-        raise CheckpointError(f"corrupt checkpoint {step_dir}: no saved parameters in "
-                              f"{step_dir / STATE_ITEM}")
+        raise CheckpointError(
+            f"corrupt checkpoint {step_dir}: no saved parameters in {step_dir / STATE_ITEM}"
+        )
     return dict(tree)
 
 
 def embedding_vocab_sizes(params: PyTree) -> set[int]:
     """First-axis sizes of the `embedding` tables (Flax `nn.Embed`) of a parameter tree."""
-    return {int(shape[0]) for path, shape in shapes_by_path(params).items()
-            if path.rsplit("/", 1)[-1] == "embedding" and shape}
+    return {
+        int(shape[0])
+        for path, shape in shapes_by_path(params).items()
+        if path.rsplit("/", 1)[-1] == "embedding" and shape
+    }
 
 
-def vocab_growth(saved: Mapping[str, tuple[int, ...]], target: Mapping[str, tuple[int, ...]],
-                 vocab_sizes: Collection[int]) -> dict[str, int]:
+def vocab_growth(
+    saved: Mapping[str, tuple[int, ...]],
+    target: Mapping[str, tuple[int, ...]],
+    vocab_sizes: Collection[int],
+) -> dict[str, int]:
     """`{path: axis}` of parameters whose shapes differ only by a growing vocabulary axis.
 
     A parameter qualifies when it has the same rank in both trees, exactly one axis differs,
@@ -117,17 +131,25 @@ def _restore_params_tree(step_dir: Path, abstract: PyTree) -> PyTree:
         restored = ocp.PyTreeCheckpointer().restore(
             step_dir / STATE_ITEM,
             args=ocp.args.PyTreeRestore(
-                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True))
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
     except Exception as e:  # Orbax/TensorStore raise many types; name the directory.
-        raise CheckpointError(f"cannot restore parameters from {step_dir}: "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"cannot restore parameters from {step_dir}: {type(e).__name__}: {e}"
+        ) from e
     return restored["params"]
 
 
-def restore_params(path: os.PathLike | str, target_params: PyTree, *,
-                   extend_vocab: bool = False,
-                   vocab_sizes: Collection[int] | None = None) -> PyTree:
+def restore_params(
+    path: os.PathLike | str,
+    target_params: PyTree,
+    *,
+    extend_vocab: bool = False,
+    vocab_sizes: Collection[int] | None = None,
+) -> PyTree:
     """Restores only the parameters of a checkpoint, checked against the model's.
 
     Args:
@@ -156,18 +178,29 @@ def restore_params(path: os.PathLike | str, target_params: PyTree, *,
     if vocab_sizes is None:
         vocab_sizes = embedding_vocab_sizes(target_params)
     growth = vocab_growth(saved, target, vocab_sizes) if extend_vocab else {}
-    check_shapes({k: target[k] if k in growth else v for k, v in saved.items()}, target,
-                 location.step_dir)
-    abstract_leaves = [path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(
-        target_params)[0] if path_str(p) in growth and not isinstance(x, jax.Array)]
+    check_shapes(
+        {k: target[k] if k in growth else v for k, v in saved.items()}, target, location.step_dir
+    )
+    abstract_leaves = [
+        path_str(p)
+        for p, x in jax.tree_util.tree_flatten_with_path(target_params)[0]
+        if path_str(p) in growth and not isinstance(x, jax.Array)
+    ]
     if abstract_leaves:
-        raise ValueError(f"extend_vocab needs initialised target parameters (the new rows come "
-                         f"from them); abstract: {abstract_leaves}")
+        raise ValueError(
+            f"extend_vocab needs initialised target parameters (the new rows come "
+            f"from them); abstract: {abstract_leaves}"
+        )
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree(target_params))
-    abstract = [jax.ShapeDtypeStruct(saved[path_str(p)], x.dtype, sharding=_replicated_like(x))
-                if path_str(p) in growth else x for p, x in flat]
-    restored = _restore_params_tree(location.step_dir,
-                                    jax.tree_util.tree_unflatten(treedef, abstract))
+    abstract = [
+        jax.ShapeDtypeStruct(saved[path_str(p)], x.dtype, sharding=_replicated_like(x))
+        if path_str(p) in growth
+        else x
+        for p, x in flat
+    ]
+    restored = _restore_params_tree(
+        location.step_dir, jax.tree_util.tree_unflatten(treedef, abstract)
+    )
     if not growth:
         return restored
     return _merge_grown(restored, target_params, growth, location.step_dir)
@@ -182,19 +215,29 @@ def _replicated_like(x: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
     return _replicated_sharding()
 
 
-def _merge_grown(restored: PyTree, fresh: PyTree, growth: Mapping[str, int],
-                 step_dir: Path) -> PyTree:
+def _merge_grown(
+    restored: PyTree, fresh: PyTree, growth: Mapping[str, int], step_dir: Path
+) -> PyTree:
     """Writes the checkpoint's rows into the fresh parameters along each grown axis."""
+
     def merge(path, old, new):
         key = path_str(path)
         if key not in growth:
             return old
-        index = tuple(slice(0, n) if i == growth[key] else slice(None)
-                      for i, n in enumerate(old.shape))
-        merged = jax.jit(lambda fresh_rows, saved_rows: fresh_rows.at[index].set(saved_rows),
-                         out_shardings=new.sharding)(new, old.astype(new.dtype))
-        log.info("extend_vocab: %s %s -> %s (new rows freshly initialised) from %s", key,
-                 tuple(old.shape), tuple(new.shape), step_dir)
+        index = tuple(
+            slice(0, n) if i == growth[key] else slice(None) for i, n in enumerate(old.shape)
+        )
+        merged = jax.jit(
+            lambda fresh_rows, saved_rows: fresh_rows.at[index].set(saved_rows),
+            out_shardings=new.sharding,
+        )(new, old.astype(new.dtype))
+        log.info(
+            "extend_vocab: %s %s -> %s (new rows freshly initialised) from %s",
+            key,
+            tuple(old.shape),
+            tuple(new.shape),
+            step_dir,
+        )
         return merged
 
     return jax.tree_util.tree_map_with_path(merge, restored, fresh)
