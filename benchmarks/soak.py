@@ -66,6 +66,22 @@ KILL_PHASES = ("step", "save", "eval", "final", "timer")  # Where a SIGKILL land
 # Running the CLI with faults.
 
 
+def worker_env(cache: Path) -> dict[str, str]:
+    """The environment of a training subprocess under fault injection: CPU, this checkout on
+    the path, one device (no inherited XLA_FLAGS), and a persistent compilation cache shared by
+    the runs of one scenario (every program cached, however quick to compile)."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
 def run_train(
     workdir: Path,
     cache: Path,
@@ -79,15 +95,7 @@ def run_train(
 
     Returns the CompletedProcess (or the Popen when `wait=False`).
     """
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.pop("XLA_FLAGS", None)
+    env = worker_env(cache)
     argv = [
         sys.executable,
         "-m",

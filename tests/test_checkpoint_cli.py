@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import soak
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10
 TRAIN_FLAGS = (
@@ -55,15 +57,7 @@ TRAIN_FLAGS = (
 
 def run_train(workdir: Path, cache: Path, *args: str, flags=TRAIN_FLAGS):
     """Runs the CLI through this file's `__main__`; `args`: faults, then `--`, then flags."""
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.pop("XLA_FLAGS", None)
+    env = soak.worker_env(cache)
     faults = [a for a in args if a.startswith("--sig")]
     extra = [a for a in args if not a.startswith("--sig")]
     return subprocess.run(

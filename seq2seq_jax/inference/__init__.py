@@ -4,8 +4,8 @@ restoring a model from a workdir, the decode CLI's work, and the exported transl
 Dependency levels: `batching` and `ensemble` import decoding only; `exported` (the translator
 `python -m seq2seq_jax.export` writes) imports batching and the tokenizers, never Flax or
 `seq2seq_jax.models`; `translate` imports models, decoding (below training, which uses it);
-`workdir` and `run` import training.checkpoint (entry-point level). See docs/ARCHITECTURE.md,
-"Decode CLI".
+`workdir` and `run` read the workdir through `seq2seq_jax.workdir`, never `training`. See
+docs/ARCHITECTURE.md, "Decode CLI".
 
 The re-exports are resolved on first use (PEP 562), so `load_exported` does not import the
 model code.
@@ -13,8 +13,9 @@ model code.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from seq2seq_jax._lazy import lazy_exports
 
 _EXPORTS = {
     "BatchTranslator": "seq2seq_jax.inference.translate",
@@ -66,14 +67,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seq2seq_jax.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

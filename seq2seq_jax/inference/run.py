@@ -559,18 +559,9 @@ def run_decode(options: DecodeOptions) -> dict[str, Any]:
         _print_scores(summary)
     elif references is not None:
         log.warning("the input is empty: no BLEU/chrF to report")
-    if plotted:
-        plot_alignments(translations, restored[0], options.plot_attention, plotted, sources)
     if options.nbest_output:
         write_lines(options.nbest_output, nbest_lines(translations, options.nbest_format))
-    if options.alignments and options.alignment_format == "jsonl":
-        evaluation.write_alignments_jsonl(
-            options.alignments, alignment_records(translations, restored[0])
-        )
-    elif options.alignments:
-        write_lines(
-            options.alignments, alignment_lines(translations, restored[0], options.alignment_format)
-        )
+    _write_attention(options, translations, restored[0], plotted, sources)
     _write_metrics(options, summary)
     return summary
 
@@ -651,18 +642,30 @@ def run_score(options: DecodeOptions) -> dict[str, Any]:
     write_lines(options.output, score_lines(scored, options.score_format))
     summary = _report(translator.stats, None, restored)
     summary.update(**_run_fields(options), tokens=int(sum(len(t.output_ids) for t in scored)))
+    _write_attention(options, scored, restored[0], plotted, sources)
+    _write_metrics(options, summary)
+    return summary
+
+
+def _write_attention(
+    options: DecodeOptions,
+    translations: Sequence[Translation],
+    restored: RestoredModel,
+    plotted: Sequence[int],
+    sources: Sequence[str],
+) -> None:
+    """The heatmaps of `plotted` (`--plot_attention`) and every line's alignments
+    (`--alignments`, JSON lines or `--alignment_format`), for decoding and scoring alike."""
     if plotted:
-        plot_alignments(scored, restored[0], options.plot_attention, plotted, sources)
+        plot_alignments(translations, restored, options.plot_attention, plotted, sources)
     if options.alignments and options.alignment_format == "jsonl":
         evaluation.write_alignments_jsonl(
-            options.alignments, alignment_records(scored, restored[0])
+            options.alignments, alignment_records(translations, restored)
         )
     elif options.alignments:
         write_lines(
-            options.alignments, alignment_lines(scored, restored[0], options.alignment_format)
+            options.alignments, alignment_lines(translations, restored, options.alignment_format)
         )
-    _write_metrics(options, summary)
-    return summary
 
 
 class _Sink:
