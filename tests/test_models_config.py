@@ -67,6 +67,30 @@ def test_invalid_values_are_rejected_with_the_field_name(key, value, match):
         ModelConfig.from_config(cfg, **VOCAB)
 
 
+def test_output_product_choice_and_its_logits():
+    cfg = default_model_config("rnnsearch")
+    cfg.output_product = "bf16"
+    with pytest.raises(ValueError, match=r"output_product='bf16' is not one of"):
+        ModelConfig.from_config(cfg, **VOCAB)
+    cfg.output_product, cfg.tie_output_embeddings = "bfloat16_forward", True
+    with pytest.raises(ValueError, match="tie_output_embeddings=True needs output_product"):
+        ModelConfig.from_config(cfg, **VOCAB)
+    # Both families: the same parameters give logits within bfloat16 rounding of float32's.
+    for family in ("rnnsearch", "transformer"):
+        cfg = default_model_config(family)
+        base = ModelConfig.from_config(cfg, **VOCAB)
+        fast = base.replace(output_product="bfloat16_forward")
+        inputs = np.asarray([[3, 4, 5, 2], [6, 7, 2, 0]], np.int32)
+        targets = np.asarray([[8, 9, 2], [10, 2, 0]], np.int32)
+        params = build_model(base).init(jax.random.PRNGKey(0), inputs, targets)
+        want = build_model(base).apply(params, inputs, targets)
+        got = build_model(fast).apply(params, inputs, targets)
+        want, got = (np.asarray(x[0] if isinstance(x, tuple) else x) for x in (want, got))
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
+        assert not np.array_equal(got, want)
+
+
 def test_share_embeddings_needs_equal_vocabularies_and_heads_divide_width():
     cfg = default_model_config("transformer")
     cfg.share_embeddings = True

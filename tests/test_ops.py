@@ -65,6 +65,41 @@ def test_float32_accumulation_rounds_only_the_result():
     )
 
 
+def test_bfloat16_forward_product_rounds_the_operands_and_keeps_the_float32_gradient():
+    from seq2seq_jax.ops import bfloat16_forward_product, float32_product, output_product
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 64)), jnp.float32)  # a [B, T, F] Dense input
+    w = jnp.asarray(rng.normal(size=(64, 40)), jnp.float32)
+    dims = (((2,), (0,)), ((), ()))
+    got = bfloat16_forward_product(x, w, dims)
+    assert got.dtype == jnp.float32 and got.shape == (3, 5, 40)
+    # NumPy reference: both operands rounded to bfloat16 once, then a float64 product.
+    rounded = (
+        np.asarray(x.astype(jnp.bfloat16), np.float64),
+        np.asarray(w.astype(jnp.bfloat16), np.float64),
+    )
+    np.testing.assert_allclose(
+        np.asarray(got), np.einsum("btf,fv->btv", *rounded), rtol=1e-5, atol=1e-4
+    )
+    exact = np.einsum("btf,fv->btv", np.asarray(x, np.float64), np.asarray(w, np.float64))
+    assert np.max(np.abs(np.asarray(got) - exact)) > 1e-4  # it did round
+    # The gradient is float32_product's at the same cotangent, exactly.
+    c = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
+
+    def grads(product):
+        return jax.grad(lambda a, b: jnp.sum(product(a, b, dims) * c), argnums=(0, 1))(x, w)
+
+    for got_g, want_g in zip(grads(bfloat16_forward_product), grads(float32_product), strict=True):
+        np.testing.assert_array_equal(np.asarray(got_g), np.asarray(want_g))
+    # Jitted, with the tuple-of-lists dimension numbers Flax passes.
+    jitted = jax.jit(lambda a, b: bfloat16_forward_product(a, b, (([2], [0]), ((), ()))))
+    np.testing.assert_array_equal(np.asarray(jitted(x, w)), np.asarray(got))
+    assert output_product("float32") is float32_product
+    with pytest.raises(ValueError, match=r"model.output_product='bf16'.*bfloat16_forward"):
+        output_product("bf16")
+
+
 @pytest.mark.parametrize(
     "shape,k,block", [((3, 4000), 5, 64), ((2, 3, 2999), 4, 16), ((4, 300), 7, 8), ((2, 50), 3, 64)]
 )

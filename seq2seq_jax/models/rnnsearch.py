@@ -35,7 +35,7 @@ from seq2seq_jax.layers.attention import get_attention_class
 from seq2seq_jax.layers.rnn import RecurrentCell, RNNEncoder, carry_hidden
 from seq2seq_jax.models import inputs as model_inputs
 from seq2seq_jax.models.base import EncoderDecoder
-from seq2seq_jax.ops import accumulate_in_float32, float32_product
+from seq2seq_jax.ops import accumulate_in_float32, output_product
 
 Array = chex.Array
 
@@ -99,7 +99,9 @@ class RNNSearch(EncoderDecoder):
                 "output_bias", nn.initializers.zeros, (cfg.target_vocab_size,), pdt
             )
         else:
-            self.output = nn.Dense(cfg.target_vocab_size, dot_general=float32_product, **dense)
+            self.output = nn.Dense(
+                cfg.target_vocab_size, dot_general=output_product(cfg.output_product), **dense
+            )
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     # ----------------------------------------------------------------------------- encoder

@@ -27,7 +27,7 @@ from seq2seq_jax.layers.transformer import DecoderLayer, EncoderLayer, sinusoida
 from seq2seq_jax.models import inputs as model_inputs
 from seq2seq_jax.models.base import EncoderDecoder
 from seq2seq_jax.models.config import ModelConfig
-from seq2seq_jax.ops import float32_product
+from seq2seq_jax.ops import output_product
 
 Array = chex.Array
 
@@ -100,7 +100,9 @@ class Transformer(EncoderDecoder):
                 "output_bias", nn.initializers.zeros, (cfg.target_vocab_size,), pdt
             )
         else:
-            self.output = nn.Dense(cfg.target_vocab_size, dot_general=float32_product, **kw)
+            self.output = nn.Dense(
+                cfg.target_vocab_size, dot_general=output_product(cfg.output_product), **kw
+            )
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _embed(self, ids: Array, positions: Array, *, source: bool, deterministic: bool):
