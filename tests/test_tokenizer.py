@@ -136,6 +136,60 @@ def test_sentencepiece_save_load_pickle(tfds_dir, tmp_path):
     assert [tok.decode(tok.encode(t)) for t in texts[:200]] == texts[:200]
 
 
+def test_restricted_target_vocabulary_keeps_the_joint_segmentation(tfds_dir, tmp_path):
+    config = dates_config(tfds_dir, tokenizer="sentencepiece", vocab_size=90, prefetch=0)
+    config.restrict_target_vocab = True
+    src, tgt = data.get_tokenizers(config, str(tmp_path))
+    assert isinstance(tgt, data.SubsetTokenizer) and tgt.base.vocab_size == src.vocab_size
+    assert 4 < tgt.vocab_size < src.vocab_size  # ISO dates use few of the joint pieces
+    assert (tgt.pad_id, tgt.unk_id, tgt.bos_id, tgt.eos_id) == (
+        src.pad_id,
+        src.unk_id,
+        src.bos_id,
+        src.eos_id,
+    )
+    pairs = data.load_texts(config, "train")
+    for _, target in pairs[:300]:
+        ids = tgt.encode(target)
+        assert tgt.to_base(ids) == src.encode(target)  # the same pieces, renumbered
+        assert max(ids) < tgt.vocab_size and tgt.unk_id not in ids
+        assert tgt.decode(ids) == src.decode(src.encode(target))
+        assert [tgt.id_to_piece(i) for i in ids] == [src.id_to_piece(i) for i in src.encode(target)]
+    # Pieces never seen in a training target (month names) encode to unk; sources are unchanged.
+    source_text = pairs[0][0]
+    assert tgt.unk_id in tgt.encode(source_text) and src.unk_id not in src.encode(source_text)
+    assert tgt.encode_batch([t for _, t in pairs[:20]]) == [tgt.encode(t) for _, t in pairs[:20]]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tgt.id_to_piece(tgt.vocab_size)
+    # Stored as source/ (the joint model) and target/ (the subset over its own copy); reloaded.
+    stored = tmp_path / "tokenizer"
+    assert (stored / "source" / "spm.model").is_file()
+    assert (stored / "target" / "base" / "spm.model").is_file()
+    src2, tgt2 = data.get_tokenizers(config, str(tmp_path))
+    assert tgt2.pieces == tgt.pieces and src2.encode(source_text) == src.encode(source_text)
+    copied = pickle.loads(pickle.dumps(tgt))
+    assert copied.encode(pairs[1][1]) == tgt.encode(pairs[1][1])
+    # A batch's target ids are the compact ones.
+    batch = next(data.make_train_iterator(config, src2, tgt2, batch_size=8, seed=0))
+    assert batch["targets"].max() < tgt.vocab_size
+    # The stored tokenizer must match the config.
+    config.restrict_target_vocab = False
+    with pytest.raises(ValueError, match=r"was built with .*'restrict_target_vocab': True"):
+        data.get_tokenizers(config, str(tmp_path))
+    # A damaged subset file is named.
+    meta = stored / "target" / "tokenizer.json"
+    meta.write_text(meta.read_text().replace('"pieces": [', '"pieces": [7, '))
+    with pytest.raises(ValueError, match=r"target/tokenizer.json: invalid subset tokenizer"):
+        data.load_tokenizers(str(stored))
+
+
+def test_restricted_target_vocabulary_needs_a_joint_vocabulary(tfds_dir):
+    config = dates_config(tfds_dir, joint_vocab=False)
+    config.restrict_target_vocab = True
+    with pytest.raises(ValueError, match="restrict_target_vocab .* needs config.data.joint_vocab"):
+        data.DataConfig.from_config(config)
+
+
 def test_missing_tokenizer_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="No tokenizer in"):
         data.load_tokenizer(str(tmp_path))

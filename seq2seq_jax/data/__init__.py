@@ -25,6 +25,7 @@ from seq2seq_jax.data.sources import load_texts, open_split
 from seq2seq_jax.data.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
+    SubsetTokenizer,
     Tokenizer,
     get_tokenizers,
     load_tokenizer,
@@ -38,6 +39,7 @@ __all__ = [
     "DataConfig",
     "EvalBatches",
     "SentencePieceTokenizer",
+    "SubsetTokenizer",
     "Tokenizer",
     "default_data_config",
     "get_tokenizers",

@@ -75,6 +75,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.vocab_size = 8000  # SentencePiece vocabulary size (a soft limit on tiny corpora).
     c.spm_model_type = "unigram"  # 'unigram' or 'bpe'.
     c.joint_vocab = True  # One vocabulary for source and target (else one each).
+    # With joint_vocab: the target side keeps only the joint pieces that occur in the training
+    # targets, renumbered (same segmentation; a smaller, faster output layer).
+    c.restrict_target_vocab = False
     c.spm_character_coverage = 1.0  # Fraction of characters covered by the vocabulary.
     c.spm_max_sentences = 1_000_000  # Sentences sampled to train SentencePiece.
     c.spm_normalization = "nmt_nfkc"  # SentencePiece normalisation rule ('identity' = none).
@@ -297,6 +300,7 @@ class DataConfig:
     vocab_size: int
     spm_model_type: str
     joint_vocab: bool
+    restrict_target_vocab: bool
     spm_character_coverage: float
     spm_max_sentences: int
     spm_normalization: str
@@ -392,6 +396,12 @@ class DataConfig:
                 )
                 if error:
                     raise ValueError(error)
+        if c["restrict_target_vocab"] and not c["joint_vocab"]:
+            raise ValueError(
+                "config.data.restrict_target_vocab restricts the target side of a joint "
+                "vocabulary; it needs config.data.joint_vocab=True (a separate target "
+                "vocabulary is trained on the targets already)"
+            )
         if c["name"] == "tfds" and not c["tfds_name"]:
             raise ValueError(
                 "config.data.name='tfds' needs config.data.tfds_name (e.g. "
@@ -406,6 +416,7 @@ class DataConfig:
             date_languages=languages,
             bucket_boundaries=_parse_boundaries(c["bucket_boundaries"]),
             joint_vocab=bool(c["joint_vocab"]),
+            restrict_target_vocab=bool(c["restrict_target_vocab"]),
             shuffle=bool(c["shuffle"]),
             spm_character_coverage=float(coverage),
         )

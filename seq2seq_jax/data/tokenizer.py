@@ -7,7 +7,13 @@ Special ids come from these objects and nowhere else.
 
 On disk a tokenizer is a directory with `tokenizer.json` (kind and training options) plus, for
 SentencePiece, `spm.model`. A workdir holds `WORKDIR/tokenizer/` (joint vocabulary: one
-tokenizer) or `WORKDIR/tokenizer/{source,target}/` (separate vocabularies).
+tokenizer) or `WORKDIR/tokenizer/{source,target}/` (separate vocabularies, or a joint one whose
+target side is restricted: `target/` is then a `SubsetTokenizer` over a copy of the joint model).
+
+`SubsetTokenizer` (`data.restrict_target_vocab`): the target side of a joint vocabulary keeps
+only the pieces that occur in the training targets, renumbered compactly. Segmentation is the
+joint model's, so sentences have the same pieces; only the output layer shrinks (Multi30k
+de->en: 3,963 of 8,000 ids, the output layer being most of the RNNsearch's train step).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from seq2seq_jax.workdir.layout import TOKENIZER_DIRNAME
 log = logging.getLogger(__name__)
 _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
+_SUBSET_BASE_DIR = "base"
 PAD_ID = 0
 UNK_PIECE = "\u2047"  # "⁇", what SentencePiece decodes an unknown id to.
 
@@ -220,7 +227,96 @@ class SentencePieceTokenizer:
         self.__init__(state["proto"], state["options"])
 
 
-def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer:
+class SubsetTokenizer:
+    """A tokenizer restricted to some of its base tokenizer's ids, renumbered 0, 1, ...
+
+    `pieces[i]` is the base id of id i. The base's special ids come first in their own order,
+    so pad (0), unk, BOS and EOS keep their values. A base id outside the subset encodes to
+    `unk_id` (a piece never seen in the training targets: the model could not learn it).
+    """
+
+    def __init__(self, base: Tokenizer, pieces: Sequence[int]):
+        pieces = [int(p) for p in pieces]
+        specials = sorted({base.pad_id, base.unk_id, base.bos_id, base.eos_id})
+        if pieces[: len(specials)] != specials:
+            raise ValueError(
+                f"SubsetTokenizer: the first ids must be the base's special ids {specials}, "
+                f"got {pieces[: len(specials)]}"
+            )
+        if len(set(pieces)) != len(pieces) or not all(0 <= p < base.vocab_size for p in pieces):
+            raise ValueError(
+                f"SubsetTokenizer: pieces must be distinct base ids in [0, {base.vocab_size})"
+            )
+        self.base = base
+        self.pieces = pieces
+        self.options = dict(base.options)
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
+            base.pad_id,
+            base.unk_id,
+            base.bos_id,
+            base.eos_id,
+        )
+        self._to_base = np.asarray(pieces, np.int64)
+        self._from_base = np.full((base.vocab_size,), self.unk_id, np.int64)
+        self._from_base[self._to_base] = np.arange(len(pieces))
+
+    @classmethod
+    def from_texts(cls, base: Tokenizer, texts: Iterable[str]) -> SubsetTokenizer:
+        """The subset of `base` that encoding `texts` uses (plus the special ids)."""
+        seen = np.zeros((base.vocab_size,), bool)
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == 4096:
+                seen[[i for ids in base.encode_batch(batch) for i in ids]] = True
+                batch = []
+        if batch:
+            seen[[i for ids in base.encode_batch(batch) for i in ids]] = True
+        specials = sorted({base.pad_id, base.unk_id, base.bos_id, base.eos_id})
+        seen[specials] = False
+        return cls(base, specials + np.flatnonzero(seen).tolist())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        return self._from_base[self.base.encode(text)].tolist()
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self._from_base[ids].tolist() for ids in self.base.encode_batch(texts)]
+
+    def to_base(self, ids: Iterable[int]) -> list[int]:
+        """Base ids of `ids` (ids outside [0, vocab_size) raise IndexError)."""
+        ids = np.asarray(list(ids), np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise IndexError(f"Token ids outside the vocabulary [0, {self.vocab_size})")
+        return self._to_base[ids].tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.base.decode(self.to_base(ids))
+
+    def id_to_piece(self, token_id: int) -> str:
+        token_id = int(token_id)
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"Token id {token_id} outside the vocabulary [0, {self.vocab_size})")
+        return self.base.id_to_piece(self.pieces[token_id])
+
+    def save(self, directory: str) -> None:
+        self.base.save(os.path.join(directory, _SUBSET_BASE_DIR))
+        _write_meta(
+            directory,
+            {"kind": "subset", "base_dir": _SUBSET_BASE_DIR, "pieces": self.pieces},
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"base": self.base, "pieces": self.pieces}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["base"], state["pieces"])
+
+
+def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer | SubsetTokenizer:
     """Loads a tokenizer saved with `save(directory)`.
 
     Raises:
@@ -237,6 +333,13 @@ def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer:
     if meta.get("kind") == "sentencepiece":
         with open(os.path.join(directory, meta["model_file"]), "rb") as f:
             return SentencePieceTokenizer(f.read(), meta.get("options"))
+    if meta.get("kind") == "subset":
+        try:
+            return SubsetTokenizer(
+                load_tokenizer(os.path.join(directory, meta["base_dir"])), meta["pieces"]
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{meta_path}: invalid subset tokenizer ({e})") from e
     raise ValueError(
         f"{meta_path}: unknown tokenizer kind {meta.get('kind')!r}; "
         f"known: {list(config_lib.TOKENIZER_NAMES)}"
@@ -291,13 +394,17 @@ def save_tokenizers(source: Tokenizer, target: Tokenizer, directory: str) -> Non
 
 def _options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
     if data_config.tokenizer == "char":
-        return {"kind": "char", "joint": bool(data_config.joint_vocab)}
-    return {
-        "kind": "sentencepiece",
-        "joint": bool(data_config.joint_vocab),
-        "vocab_size": int(data_config.vocab_size),
-        "model_type": data_config.spm_model_type,
-    }
+        options = {"kind": "char", "joint": bool(data_config.joint_vocab)}
+    else:
+        options = {
+            "kind": "sentencepiece",
+            "joint": bool(data_config.joint_vocab),
+            "vocab_size": int(data_config.vocab_size),
+            "model_type": data_config.spm_model_type,
+        }
+    if data_config.restrict_target_vocab:
+        options["restrict_target_vocab"] = True
+    return options
 
 
 def _train_one(data_config: ml_collections.ConfigDict, texts: list[str]) -> Tokenizer:
@@ -327,6 +434,14 @@ def train_tokenizers(
     """
     if data_config.joint_vocab:
         tok = _train_one(data_config, [t for pair in pairs for t in pair])
+        if data_config.restrict_target_vocab:
+            target = SubsetTokenizer.from_texts(tok, [t for _, t in pairs])
+            log.info(
+                "Target vocabulary: the %d of %d joint pieces seen in the training targets",
+                target.vocab_size,
+                tok.vocab_size,
+            )
+            return tok, target
         return tok, tok
     return (
         _train_one(data_config, [s for s, _ in pairs]),
@@ -336,11 +451,14 @@ def train_tokenizers(
 
 def _saved_options(source: Tokenizer, target: Tokenizer) -> dict[str, Any]:
     kind = "char" if isinstance(source, CharTokenizer) else "sentencepiece"
-    saved = {"kind": kind, "joint": source is target}
+    subset = isinstance(target, SubsetTokenizer)
+    saved = {"kind": kind, "joint": source is target or subset}
     if kind == "sentencepiece":
         saved.update(
             vocab_size=source.options.get("vocab_size"), model_type=source.options.get("model_type")
         )
+    if subset:
+        saved["restrict_target_vocab"] = True
     return saved
 
 
