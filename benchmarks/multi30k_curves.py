@@ -39,13 +39,15 @@ def smoothed_target_entropy(smoothing: float, vocab: int) -> float:
 
 def workdir_curve(workdir: Path) -> dict[str, Any]:
     """(tokens seen, minutes, train cross-entropy) per logged window of a workdir."""
+    from seq2seq_jax.data import load_tokenizers
     from seq2seq_jax.training.experiment import load_config
     from seq2seq_jax.training.metrics_writer import read_metrics
 
     config = load_config(workdir)
-    vocab = config.data.vocab_size if config.data.tokenizer == "sentencepiece" else None
-    if vocab is None:
+    if config.data.tokenizer != "sentencepiece":
         raise ValueError(f"{workdir}: the entropy offset needs a SentencePiece vocabulary")
+    # The target vocabulary the loss was smoothed over (restricted ones are smaller).
+    vocab = load_tokenizers(str(workdir / "tokenizer"))[1].vocab_size
     offset = smoothed_target_entropy(float(config.label_smoothing), int(vocab))
     records = read_metrics(workdir / "metrics.jsonl")
     tokens, minutes, loss, padding, last_step = [], [], [], [], 0
