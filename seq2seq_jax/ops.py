@@ -92,10 +92,6 @@ def float32_product(
     )
 
 
-# `model.output_product` -> the output layer's `dot_general` (one owner for the choice).
-OUTPUT_PRODUCTS = ("float32", "bfloat16_forward")
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _bfloat16_forward_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> jax.Array:
     return jax.lax.dot_general(
@@ -147,12 +143,16 @@ def _hashable(dimension_numbers: Any) -> Any:
     return ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
 
 
+# `model.output_product` -> the output layer's `dot_general` (the one owner of the choice: the
+# model config validates against its keys).
+OUTPUT_PRODUCTS = {"float32": float32_product, "bfloat16_forward": bfloat16_forward_product}
+
+
 def output_product(name: str):
     """The output layer's `dot_general` for `model.output_product` (`OUTPUT_PRODUCTS`)."""
-    products = {"float32": float32_product, "bfloat16_forward": bfloat16_forward_product}
-    if name not in products:
+    if name not in OUTPUT_PRODUCTS:
         raise ValueError(f"model.output_product={name!r}; choose one of {list(OUTPUT_PRODUCTS)}")
-    return products[name]
+    return OUTPUT_PRODUCTS[name]
 
 
 def top_k(x: jax.Array, k: int, *, block: int = 64) -> tuple[jax.Array, jax.Array]:

@@ -227,6 +227,11 @@ class SentencePieceTokenizer:
         self.__init__(state["proto"], state["options"])
 
 
+def _special_ids(base: Tokenizer) -> list[int]:
+    """The base's distinct special ids, ascending: a `SubsetTokenizer`'s first ids."""
+    return sorted({base.pad_id, base.unk_id, base.bos_id, base.eos_id})
+
+
 class SubsetTokenizer:
     """A tokenizer restricted to some of its base tokenizer's ids, renumbered 0, 1, ...
 
@@ -237,7 +242,7 @@ class SubsetTokenizer:
 
     def __init__(self, base: Tokenizer, pieces: Sequence[int]):
         pieces = [int(p) for p in pieces]
-        specials = sorted({base.pad_id, base.unk_id, base.bos_id, base.eos_id})
+        specials = _special_ids(base)
         if pieces[: len(specials)] != specials:
             raise ValueError(
                 f"SubsetTokenizer: the first ids must be the base's special ids {specials}, "
@@ -249,7 +254,6 @@ class SubsetTokenizer:
             )
         self.base = base
         self.pieces = pieces
-        self.options = dict(base.options)
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
             base.pad_id,
             base.unk_id,
@@ -272,7 +276,7 @@ class SubsetTokenizer:
                 batch = []
         if batch:
             seen[[i for ids in base.encode_batch(batch) for i in ids]] = True
-        specials = sorted({base.pad_id, base.unk_id, base.bos_id, base.eos_id})
+        specials = _special_ids(base)
         seen[specials] = False
         return cls(base, specials + np.flatnonzero(seen).tolist())
 

@@ -200,7 +200,7 @@ class ModelConfig:
         _check_choice("bridge", self.bridge, BRIDGES)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         _check_choice("init_scheme", self.init_scheme, INIT_SCHEMES)
-        _check_choice("output_product", self.output_product, OUTPUT_PRODUCTS)
+        _check_choice("output_product", self.output_product, tuple(OUTPUT_PRODUCTS))
         if self.tie_output_embeddings and self.output_product != "float32":
             raise ValueError(
                 "model.output_product applies to an untied output layer; "
