@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 
 from seq2seq_jax.inference import run
+from seq2seq_jax.inference.workdir import CHECKPOINT_CHOICES
 
 F = flags
 D = run.DecodeOptions  # Flag defaults = its field defaults (search ones: SearchConfig).
@@ -30,10 +31,11 @@ F.DEFINE_string(
 F.DEFINE_enum(
     "checkpoint",
     "latest",
-    ["latest", "best", "averaged"],
+    list(CHECKPOINT_CHOICES),
     "Latest step, best by "
-    "the run's config.checkpoint.best_metric, or the average saved by training with "
-    "config.checkpoint.average_last.",
+    "the run's config.checkpoint.best_metric, the average saved by training with "
+    "config.checkpoint.average_last, or the moving average saved with "
+    "config.optimizer.ema_decay.",
 )
 F.DEFINE_integer("checkpoint_step", None, "Restore this step instead of the latest.")
 F.DEFINE_integer(

@@ -37,7 +37,7 @@ from seq2seq_jax.inference import exported as fmt
 from seq2seq_jax.inference import run
 from seq2seq_jax.inference.batching import bucket_widths
 from seq2seq_jax.inference.translate import make_search_fn
-from seq2seq_jax.inference.workdir import restore_ensemble, split_workdirs
+from seq2seq_jax.inference.workdir import CHECKPOINT_CHOICES, restore_ensemble, split_workdirs
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _define_flags() -> None:
     F.DEFINE_enum(
         "checkpoint",
         D.checkpoint,
-        ["latest", "best", "averaged"],
+        list(CHECKPOINT_CHOICES),
         "As the decode CLI's --checkpoint.",
     )
     F.DEFINE_integer("checkpoint_step", None, "Export this step instead of the latest.")

@@ -234,3 +234,78 @@ def test_gradient_accumulation_averages_micro_batches():
     after_two, _ = run_updates(tx, PARAMS, [g1, g2])
     expected = jax.tree.map(lambda p, a, b: p - (a + b) / 2, PARAMS, g1, g2)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), after_two, expected)
+
+
+def numpy_ema(params_seq, decay):
+    """Bias-corrected EMA of a sequence of parameter trees (the updated params after each step)."""
+    t = len(params_seq)
+    weights = [(1 - decay) * decay ** (t - 1 - i) for i in range(t)]
+    return jax.tree.map(
+        lambda *xs: (
+            sum(w * np.asarray(x, np.float64) for w, x in zip(weights, xs, strict=True))
+            / (1 - decay**t)
+        ),
+        *params_seq,
+    )
+
+
+def test_params_ema_matches_numpy_and_starts_empty():
+    c = opt_config(name="adam", learning_rate=0.05, ema_decay=0.8)
+    tx, _ = optim.make_optimizer(c, 10)
+    state = tx.init(PARAMS)
+    assert optim.ema_params(state, 0.8, PARAMS) is None  # No update yet.
+    params, seen = PARAMS, []
+    for s in range(5):
+        updates, state = tx.update(grads_like(PARAMS, s), state, params)
+        params = optax.apply_updates(params, updates)
+        seen.append(params)
+    got = optim.ema_params(state, 0.8, PARAMS)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        got,
+        numpy_ema(seen, 0.8),
+    )
+    # The average lags the parameters: it is not the last ones.
+    assert not np.allclose(got["decoder"]["kernel"], params["decoder"]["kernel"])
+    # Updates pass through: the same optimiser without the average gives the same parameters.
+    plain, _ = run_updates(
+        optim.make_optimizer(opt_config(name="adam", learning_rate=0.05), 10)[0],
+        PARAMS,
+        [grads_like(PARAMS, s) for s in range(5)],
+    )
+    jax.tree.map(np.testing.assert_array_equal, plain, params)
+
+
+def test_params_ema_counts_real_updates_with_accumulation_and_freezing():
+    c = opt_config(
+        name="sgd",
+        momentum=0.0,
+        learning_rate=1.0,
+        grad_clip_norm=0.0,
+        accumulate_steps=2,
+        freeze="^encoder/",
+        ema_decay=0.5,
+    )
+    tx, _ = optim.make_optimizer(c, 10)
+    grads = [grads_like(PARAMS, s) for s in range(4)]
+    params, state = run_updates(tx, PARAMS, grads)
+    # Two optimiser updates (micro-batches averaged in pairs): the average holds those two.
+    first = jax.tree.map(lambda p, a, b: p - (a + b) / 2, PARAMS, grads[0], grads[1])
+    first["encoder"] = PARAMS["encoder"]
+    got = optim.ema_params(state, 0.5, PARAMS)
+    want = numpy_ema([first, params], 0.5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
+    np.testing.assert_array_equal(got["encoder"]["kernel"], PARAMS["encoder"]["kernel"])
+
+
+def test_params_ema_errors():
+    with pytest.raises(ValueError, match="optimizer.ema_decay must be < 1"):
+        optim.validate_optimizer_config(opt_config(ema_decay=1.0))
+    with pytest.raises(ValueError, match="optimizer.ema_decay must be a finite number >= 0"):
+        optim.validate_optimizer_config(opt_config(ema_decay=-0.1))
+    tx, _ = optim.make_optimizer(opt_config(), 10)
+    with pytest.raises(ValueError, match="holds 0 parameter averages"):
+        optim.ema_params(tx.init(PARAMS), 0.9, PARAMS)
+    ema_tx = optim.params_ema(optax.sgd(0.1), 0.9)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        ema_tx.update(PARAMS, ema_tx.init(PARAMS))

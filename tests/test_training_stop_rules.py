@@ -218,3 +218,75 @@ def test_split_config_arg():
     assert experiment.split_config_arg("fast", ("fast",)) == ("fast", None)
     assert experiment.split_config_arg("fast:/d/x", ("fast",)) == ("fast", "/d/x")
     assert experiment.split_config_arg("/d/x", ("fast",)) == (None, "/d/x")
+
+
+def ema_config(num_train_steps: int) -> ml_collections.ConfigDict:
+    return tiny_config(
+        num_train_steps=num_train_steps,
+        checkpoint_every_steps=1,
+        eval_every_steps=0,
+        **{
+            "optimizer.ema_decay": 0.6,
+            "optimizer.schedule": "constant",  # The same at every step whatever the length.
+            "checkpoint.max_to_keep": 4,
+            "checkpoint.async_save": False,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ema") / "run"
+    return workdir, loop.train_and_evaluate(ema_config(4), str(workdir))
+
+
+def test_ema_is_scored_saved_and_equals_numpy_average_of_the_steps(ema_run, tmp_path):
+    workdir, result = ema_run
+    assert "ema_test_exact_match" in result and "test_exact_match" in result
+    assert ckpt_lib.complete_steps(workdir / "ema") == [4]
+    ema = workdir_lib.restore_from_workdir(workdir, checkpoint="ema")
+    assert ema.step == 4
+    # Independent reference: the bias-corrected EMA of the parameters saved after steps 1..4.
+    trees = [workdir_lib.restore_from_workdir(workdir, step=s).params for s in (1, 2, 3, 4)]
+    weights = [0.4 * 0.6 ** (3 - i) for i in range(4)]
+    want = jax.tree.map(
+        lambda *xs: sum(w * np.asarray(x) for w, x in zip(weights, xs, strict=True)) / (1 - 0.6**4),
+        *trees,
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ema.params, want
+    )
+    source = tmp_path / "in.txt"
+    source.write_text("Saturday 9 May 2018\n")
+    summary = decode_run.run_decode(
+        decode_run.DecodeOptions(
+            workdir=str(workdir),
+            checkpoint="ema",
+            input=str(source),
+            output=str(tmp_path / "out.txt"),
+            progress=False,
+        )
+    )
+    assert summary["checkpoint_step"] == 4 and len((tmp_path / "out.txt").read_text()) > 1
+    with pytest.raises(ValueError, match="--checkpoint=ema or --checkpoint_step"):
+        workdir_lib.restore_from_workdir(workdir, checkpoint="ema", step=2)
+
+
+def test_ema_resumes_exactly(ema_run, tmp_path):
+    workdir, _ = ema_run
+    resumed = tmp_path / "resumed"
+    loop.train_and_evaluate(ema_config(2), str(resumed))
+    loop.train_and_evaluate(ema_config(4), str(resumed))  # num_train_steps may change.
+    straight = workdir_lib.restore_from_workdir(workdir, checkpoint="ema").params
+    again = workdir_lib.restore_from_workdir(resumed, checkpoint="ema").params
+    jax.tree.map(np.testing.assert_array_equal, straight, again)
+    changed = ema_config(5)
+    changed.optimizer.ema_decay = 0.9
+    with pytest.raises(loop.SetupError, match="optimizer.ema_decay: 0.6 -> 0.9"):
+        loop.train_and_evaluate(changed, str(resumed))
+
+
+def test_no_ema_checkpoint_is_named(averaged_run):
+    workdir, _ = averaged_run
+    with pytest.raises(FileNotFoundError, match=r"no ema checkpoint in .*optimizer.ema_decay"):
+        workdir_lib.restore_from_workdir(workdir, checkpoint="ema")

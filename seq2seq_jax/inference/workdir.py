@@ -26,7 +26,9 @@ from seq2seq_jax.inference.ensemble import same_vocabulary
 from seq2seq_jax.ops import all_finite
 
 PyTree = Any
-CHECKPOINT_CHOICES = ("latest", "best", "averaged")
+# `--checkpoint`: a step of `checkpoints/`, or a parameters-only checkpoint the final evaluation
+# saved (`workdir.PARAMS_ONLY_KINDS`: `averaged/`, `ema/`).
+CHECKPOINT_CHOICES = ("latest", "best", *workdir_lib.PARAMS_ONLY_KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +86,8 @@ def choose_step(
         raise ValueError(
             f"--checkpoint must be one of {list(CHECKPOINT_CHOICES)}, got {checkpoint!r}"
         )
-    if checkpoint == "averaged":
-        raise ValueError("choose_step: the averaged checkpoint has no step of its own here")
+    if checkpoint in workdir_lib.PARAMS_ONLY_KINDS:
+        raise ValueError(f"choose_step: the {checkpoint} checkpoint has no step of its own here")
     if step is not None:
         if checkpoint == "best":
             raise ValueError("give either --checkpoint=best or --checkpoint_step, not both")
@@ -130,12 +132,15 @@ def _locate(
     if average and (checkpoint != "latest" or step is not None):
         raise ValueError(
             "--average_checkpoints averages the last kept checkpoints: give it "
-            "without --checkpoint=best/averaged and --checkpoint_step"
+            "without --checkpoint=best/averaged/ema and --checkpoint_step"
         )
-    if checkpoint == "averaged":
+    if checkpoint in workdir_lib.PARAMS_ONLY_KINDS:
         if step is not None:
-            raise ValueError("give either --checkpoint=averaged or --checkpoint_step, not both")
-        return workdir_lib.resolve_checkpoint(workdir_lib.averaged_step_dir(path)), []
+            raise ValueError(
+                f"give either --checkpoint={checkpoint} or --checkpoint_step, not both"
+            )
+        step_dir = workdir_lib.params_only_step_dir(path, checkpoint)
+        return workdir_lib.resolve_checkpoint(step_dir), []
     location = workdir_lib.resolve_checkpoint(path, choose_step(path, config, checkpoint, step))
     return location, workdir_lib.last_step_dirs(path, average) if average else []
 
@@ -153,7 +158,8 @@ def restore_from_workdir(
     Args:
       workdir: the training run's directory.
       checkpoint: 'latest', 'best' (by the run's `config.checkpoint.best_metric`) or
-        'averaged' (`WORKDIR/averaged/`, saved with `config.checkpoint.average_last`).
+        'averaged' (`WORKDIR/averaged/`, saved with `config.checkpoint.average_last`) or 'ema'
+        (`WORKDIR/ema/`, saved with `config.optimizer.ema_decay`).
       step: restore this step instead (with `checkpoint='latest'`).
       average: if > 0, the mean of the parameters of the last `average` kept checkpoints
         (`step` is then the latest of them).

@@ -45,6 +45,7 @@ from seq2seq_jax.workdir.layout import (  # noqa: F401  (re-exported)
     is_complete_step_dir,
     last_step_dirs,
     metric_score,
+    params_only_dir,
     rank_best,
     resolve_checkpoint,
 )
@@ -440,12 +441,18 @@ def _set_state_from_other_process_count(iterator: Any, state_file: Path) -> None
 
 
 def save_averaged(workdir: os.PathLike | str, step: int, params: PyTree) -> Path:
-    """Saves averaged parameters as `WORKDIR/averaged/<step>` (replacing older averages).
+    """Saves averaged parameters as `WORKDIR/averaged/<step>` (replacing older averages)."""
+    return save_params_only(workdir, "averaged", step, params)
+
+
+def save_params_only(workdir: os.PathLike | str, kind: str, step: int, params: PyTree) -> Path:
+    """Saves parameters as `WORKDIR/<averaged|ema>/<step>` (`PARAMS_ONLY_KINDS`), replacing
+    older ones of that kind.
 
     Returns:
       The committed step directory (readable by `restore_params`).
     """
-    directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
+    directory = params_only_dir(workdir, kind)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, enable_async_checkpointing=False
     )

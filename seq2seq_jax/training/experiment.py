@@ -49,6 +49,7 @@ RESUME_FIXED_KEYS = (
     "optimizer.name",
     "optimizer.accumulate_steps",
     "optimizer.freeze",
+    "optimizer.ema_decay",
 )
 RESUME_FREE_KEYS = (
     "model.dropout_rate",

@@ -622,17 +622,19 @@ def _final_evaluation(
     """Decodes all of `eval.final_split` (e.g. the test split) once training has ended.
 
     With `checkpoint.average_last=N` it also scores the mean of the last N kept checkpoints
-    (`averaged_<split>_<metric>`) and saves that mean as `WORKDIR/averaged/<step>`.
+    (`averaged_<split>_<metric>`) and saves that mean as `WORKDIR/averaged/<step>`; with
+    `optimizer.ema_decay` > 0 it scores the moving average of the parameters
+    (`ema_<split>_<metric>`) and saves it as `WORKDIR/ema/<step>` (saved even without a split).
     """
-    split = exp.config.eval.final_split
-    if not split:
-        return {}
-    params = trainer.host_params(state, exp.placement)
-    metrics, _ = decode_and_score(exp, params, split, 0, f"{split}_")
-    average = int(exp.config.checkpoint.average_last)
-    if average and ckpt is not None:
-        from seq2seq_jax.training import checkpoint
+    from seq2seq_jax.training import checkpoint
 
+    split = exp.config.eval.final_split
+    metrics: dict[str, float] = {}
+    if split:
+        params = trainer.host_params(state, exp.placement)
+        metrics, _ = decode_and_score(exp, params, split, 0, f"{split}_")
+    average = int(exp.config.checkpoint.average_last)
+    if split and average and ckpt is not None:
         ckpt.wait()  # The final save must be committed before it is averaged.
         step_dirs = checkpoint.last_step_dirs(exp.workdir, average)
         params = checkpoint.average_params(step_dirs, params)
@@ -644,9 +646,33 @@ def _final_evaluation(
             log.info(
                 "final | saved the mean of steps %s as %s", [int(d.name) for d in step_dirs], path
             )
-    writer.write(step, metrics)
-    log.info("final | %s", _fmt(metrics))
+    ema = _ema_params(exp, state)
+    if ema is not None:
+        if split:
+            scores, _ = decode_and_score(exp, ema, split, 0, f"ema_{split}_")
+            metrics.update(scores)
+        if ckpt is not None:
+            if jax.process_count() > 1:  # Process 0 writes it: gather the global arrays.
+                from jax.experimental import multihost_utils
+
+                ema = multihost_utils.process_allgather(ema, tiled=True)
+            if jax.process_index() == 0:
+                path = checkpoint.save_params_only(exp.workdir, "ema", step, ema)
+                log.info("final | saved the moving average of the parameters as %s", path)
+    if metrics:
+        writer.write(step, metrics)
+        log.info("final | %s", _fmt(metrics))
     return metrics
+
+
+def _ema_params(exp: Experiment, state: TrainState) -> Any:
+    """The bias-corrected moving average of the parameters (None: off or no update yet)."""
+    decay = float(exp.config.optimizer.get("ema_decay", 0.0))
+    if not decay:
+        return None
+    host = trainer.state_to_host_layout(state, exp.placement)
+    ema = optim.ema_params(host.opt_state, decay, host.params)
+    return None if ema is None else jax.tree.map(jax.numpy.asarray, ema)
 
 
 def _describe(exp: Experiment) -> None:

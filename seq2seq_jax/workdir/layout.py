@@ -16,6 +16,8 @@ WORKDIR/
   checkpoints.incomplete/      step directories set aside because they were never committed
   averaged/<step>/state/       {params}: the mean of the last N checkpoints (AVERAGED_DIRNAME,
                                written by the final evaluation with checkpoint.average_last=N)
+  ema/<step>/state/            {params}: the moving average of the parameters (EMA_DIRNAME,
+                               written by the final evaluation with optimizer.ema_decay > 0)
 ```
 
 A step directory is complete when Orbax committed it (`commit_success.txt`, written last, before
@@ -49,6 +51,15 @@ CURVES_FILENAME = "learning_curves.png"
 CHECKPOINT_DIRNAME = "checkpoints"
 INCOMPLETE_DIRNAME = "checkpoints.incomplete"
 AVERAGED_DIRNAME = "averaged"
+EMA_DIRNAME = "ema"
+# Parameters-only checkpoints written by the final evaluation: kind -> (directory, how to get one).
+PARAMS_ONLY_KINDS = {
+    "averaged": (
+        AVERAGED_DIRNAME,
+        "train with config.checkpoint.average_last=N, or decode with --average_checkpoints=N",
+    ),
+    "ema": (EMA_DIRNAME, "train with config.optimizer.ema_decay > 0"),
+}
 STATE_ITEM = "state"  # Orbax items of a step directory.
 DATA_ITEM = "data"
 COMMIT_MARKER = "commit_success.txt"
@@ -215,21 +226,33 @@ def last_step_dirs(workdir: os.PathLike | str, n: int) -> list[Path]:
     return [checkpoints_dir / str(s) for s in complete_steps(checkpoints_dir)[-n:]]
 
 
-def averaged_step_dir(workdir: os.PathLike | str) -> Path:
-    """The latest `WORKDIR/averaged/<step>` directory.
+def params_only_dir(workdir: os.PathLike | str, kind: str) -> Path:
+    """`WORKDIR/averaged` or `WORKDIR/ema` (`PARAMS_ONLY_KINDS`), the root of its step dirs."""
+    if kind not in PARAMS_ONLY_KINDS:
+        raise ValueError(
+            f"unknown parameters-only checkpoint {kind!r}; known: {list(PARAMS_ONLY_KINDS)}"
+        )
+    return Path(workdir).expanduser().absolute() / PARAMS_ONLY_KINDS[kind][0]
+
+
+def params_only_step_dir(workdir: os.PathLike | str, kind: str) -> Path:
+    """The latest `WORKDIR/<averaged|ema>/<step>` directory.
 
     Raises:
-      FileNotFoundError: the run saved no average (naming the directory).
+      FileNotFoundError: the run saved no such parameters (naming the directory).
     """
-    directory = Path(workdir).expanduser().absolute() / AVERAGED_DIRNAME
+    directory = params_only_dir(workdir, kind)
     steps = complete_steps(directory)
     if not steps:
         raise FileNotFoundError(
-            f"no averaged checkpoint in {directory} (train with "
-            "config.checkpoint.average_last=N, or decode with "
-            "--average_checkpoints=N)"
+            f"no {kind} checkpoint in {directory} ({PARAMS_ONLY_KINDS[kind][1]})"
         )
     return directory / str(steps[-1])
+
+
+def averaged_step_dir(workdir: os.PathLike | str) -> Path:
+    """The latest `WORKDIR/averaged/<step>` directory (`params_only_step_dir`)."""
+    return params_only_step_dir(workdir, "averaged")
 
 
 # ------------------------------------------------------------------------------------------------
