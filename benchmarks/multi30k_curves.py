@@ -42,6 +42,7 @@ def workdir_curve(workdir: Path) -> dict[str, Any]:
     from seq2seq_jax.data import load_tokenizers
     from seq2seq_jax.training.experiment import load_config
     from seq2seq_jax.training.metrics_writer import read_metrics
+    from seq2seq_jax.workdir import PARAMS_ONLY_KINDS
 
     config = load_config(workdir)
     if config.data.tokenizer != "sentencepiece":
@@ -62,12 +63,11 @@ def workdir_curve(workdir: Path) -> dict[str, Any]:
         minutes.append(float(r.get("train_minutes", 0.0)))
         loss.append(None if r["train_loss"] is None else r["train_loss"] + offset)
         padding.append(r.get("train_padding"))
-    finals = {
-        k: v
-        for r in records
-        for k, v in r.items()
-        if k.startswith(("validation_", "averaged_validation_"))
-    }
+    # The final evaluation's scores: the last checkpoint's, then each parameters-only kind's
+    # (`averaged_<split>_...`, `ema_<split>_...`).
+    split = config.eval.final_split
+    prefixes = (f"{split}_", *(f"{kind}_{split}_" for kind in PARAMS_ONLY_KINDS))
+    finals = {k: v for r in records for k, v in r.items() if split and k.startswith(prefixes)}
     rate = tokens[-1] / (60 * minutes[-1]) if minutes and minutes[-1] else None
     return {
         "name": workdir.name,

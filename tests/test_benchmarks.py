@@ -26,7 +26,14 @@ from seq2seq_jax.models import build_model
 
 # `benchmarks/` is a top-level folder of the repository, not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import attention_memory, flops, peer, run, train_bench  # noqa: E402
+from benchmarks import (  # noqa: E402
+    attention_memory,
+    flops,
+    multi30k_curves,
+    peer,
+    run,
+    train_bench,
+)
 from benchmarks.settings import TINY  # noqa: E402
 from benchmarks.timing import figure  # noqa: E402
 
@@ -253,3 +260,46 @@ def test_median_round_keeps_one_side_by_side_round_per_figure():
     assert merged["t"]["value"] == 120.0 and merged["t"]["peer_value"] == 80.0
     assert merged["t"]["ratio"] == 1.5 and merged["t"]["spread"] == [1.0, 2.0]
     assert merged["peak"]["value"] == 7.0 and merged["peak"]["rounds"] == 3
+
+
+def test_multi30k_curves_counts_tokens_seen_and_reads_every_final_kind(tmp_path):
+    from seq2seq_jax import data
+
+    workdir = tmp_path / "w"
+    words = ["ein", "Hund", "läuft", "a", "dog", "runs", "über", "die", "Wiese", "the", "grass"]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(5)) for i in range(200)]
+    tok = data.SentencePieceTokenizer.train(texts, vocab_size=40, model_type="bpe")
+    tok.save(str(workdir / "tokenizer"))
+    config = {
+        "data": {"tokenizer": "sentencepiece"},
+        "label_smoothing": 0.1,
+        "eval": {"final_split": "validation"},
+    }
+    (workdir / "config.json").write_text(json.dumps(config))
+    records = [
+        {"step": 10, "train_loss": 3.0, "train_target_tokens": 100.0, "train_minutes": 1.0,
+         "train_padding": 0.1},
+        {"step": 10, "eval_bleu": 5.0},
+        {"step": 30, "train_loss": 2.0, "train_target_tokens": 200.0, "train_minutes": 2.0,
+         "train_padding": 0.2},
+        {"step": 30, "validation_bleu": 20.0, "averaged_validation_bleu": 21.0,
+         "averaged_checkpoints": 2, "ema_validation_bleu": 22.0},
+    ]  # fmt: skip
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    curve = multi30k_curves.workdir_curve(workdir)
+    offset = multi30k_curves.smoothed_target_entropy(0.1, tok.vocab_size)
+    # Tokens seen: 10 steps of 100 real target tokens, then 20 steps of 200.
+    assert curve["tokens"] == [1000.0, 5000.0]
+    assert curve["tokens_per_second"] == pytest.approx(5000.0 / 120.0)
+    assert curve["loss"] == pytest.approx([3.0 + offset, 2.0 + offset])
+    assert curve["padding"] == pytest.approx(0.15)
+    assert curve["steps"] == 30
+    # The final evaluation of the last checkpoint, the mean and the moving average; no eval_.
+    assert curve["final"] == {
+        "validation_bleu": 20.0,
+        "averaged_validation_bleu": 21.0,
+        "ema_validation_bleu": 22.0,
+    }
+    # A uniform 40-piece target with smoothing 0.1: -(0.9 ln 0.9 + 0.1 ln(0.1 / 39)).
+    assert offset == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1 / 39)))
