@@ -311,11 +311,16 @@ def final_state(workdir: Path, step: int = STEPS) -> dict[str, Any]:
     import orbax.checkpoint as ocp
 
     step_dir = workdir / "checkpoints" / str(step)
-    metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
+    handler = ocp.PyTreeCheckpointHandler()
+    try:  # Both closed afterwards: no handler threads left behind.
+        metadata = handler.metadata(step_dir / "state").tree
+    finally:
+        handler.close()
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-    tree = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy)
-    )
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.restore(
+            step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+        )
     data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
     return {"state": tree, "data": data}
 

@@ -93,18 +93,8 @@ def losses(workdir: Path) -> dict[int, float]:
 
 
 def saved_state(workdir: Path, step: int = STEPS) -> dict:
-    import orbax.checkpoint as ocp
-
-    step_dir = workdir / "checkpoints" / str(step)
-    metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree
-    as_numpy = __import__("jax").tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata
-    )
-    state = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=as_numpy)
-    )
-    data = json.loads((step_dir / "data" / "process_0-of-1.json").read_text())
-    return {"state": state, "data": data}
+    """The checkpoint of `step` as numpy plus its data-iterator JSON (the soak's reader)."""
+    return soak.final_state(workdir, step)
 
 
 def committed(workdir: Path) -> list[int]:

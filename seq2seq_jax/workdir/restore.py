@@ -128,14 +128,16 @@ def _restore_params_tree(step_dir: Path, abstract: PyTree) -> PyTree:
     """Reads only `params` from a step directory into `abstract`'s shapes/dtypes/shardings."""
     item = {"params": abstract}
     try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            step_dir / STATE_ITEM,
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
-        )
+        # Closed on exit: an unclosed checkpointer leaves its handler's threads behind.
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            restored = checkpointer.restore(
+                step_dir / STATE_ITEM,
+                args=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                ),
+            )
     except Exception as e:  # Orbax/TensorStore raise many types; name the directory.
         raise CheckpointError(
             f"cannot restore parameters from {step_dir}: {type(e).__name__}: {e}"
