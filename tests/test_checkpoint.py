@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -155,6 +157,22 @@ def test_keep_best_min_mode_two_best(tmp_path):
         assert ckpt.best_step() == 2
 
 
+def test_no_background_work_outlives_a_closed_checkpointer(tmp_path, caplog):
+    """A run rejected after the Checkpointer opened removes its new workdir at once (the CLI's
+    missing `init_checkpoint`): nothing of Orbax's may still be listing that directory then.
+    Orbax's own `cleanup_tmp_directories` did, in an unjoined thread that logged a
+    FileNotFoundError after the removal (seen in CI as the run's last stderr line)."""
+    caplog.set_level(logging.ERROR)
+    for i in range(20):
+        workdir = tmp_path / str(i)
+        with Checkpointer(workdir, save_every_steps=1, max_to_keep=2):
+            pass
+        shutil.rmtree(workdir)
+    time.sleep(1.0)  # Give a leftover thread the time to fail.
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors[0]
+
+
 def test_crash_leftovers_are_ignored(tmp_path):
     state, it = make_state(), make_iterator()
     with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=5) as ckpt:
@@ -171,6 +189,7 @@ def test_crash_leftovers_are_ignored(tmp_path):
     shutil.rmtree(ckdir / "3" / "state" / "d", ignore_errors=True)
 
     with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=5) as ckpt:
+        assert not leftover_tmp.exists()  # Removed before the constructor returned.
         assert ckpt.latest_step() == 1
         assert not (ckdir / "3").exists()
         assert [p.name.split(".")[0] for p in (tmp_path / INCOMPLETE_DIRNAME).iterdir()] == ["3"]

@@ -7,7 +7,9 @@ resuming, and writes averaged parameters. Its names from `seq2seq_jax.workdir` a
 for callers that used them here.
 
 Orbax's own temporary directories (`<step>.orbax-checkpoint-tmp-*`) are removed when a
-`Checkpointer` opens the directory; step directories without the commit marker (a crash on a
+`Checkpointer` opens the directory, before it returns (Orbax's `cleanup_tmp_directories` does it
+in a thread that outlives a failed run's removal of its new workdir and then logs an error about
+the missing directory); step directories without the commit marker (a crash on a
 file system without atomic rename, an interrupted copy) are moved to `checkpoints.incomplete/`
 with a warning, so they can neither be resumed from nor block a new save of that step.
 """
@@ -68,6 +70,26 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------
 # Incomplete steps.
+
+
+ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"  # `<step>.orbax-checkpoint-tmp-<time>`: not finalized
+
+
+def remove_orbax_temporary_dirs(checkpoints_dir: Path) -> list[Path]:
+    """Deletes the temporary directories of Orbax saves that never finished; returns them.
+
+    This is what Orbax's `cleanup_tmp_directories` option does, but synchronously: its version
+    runs in a background thread that is never joined when the manager closes.
+    """
+    removed = []
+    if not checkpoints_dir.is_dir():
+        return removed
+    for p in sorted(checkpoints_dir.iterdir()):
+        if p.is_dir() and ORBAX_TMP_MARK in p.name:
+            shutil.rmtree(p)
+            log.info("Removed the temporary directory of an unfinished save: %s", p)
+            removed.append(p)
+    return removed
 
 
 def set_aside_incomplete_steps(checkpoints_dir: Path) -> list[Path]:
@@ -179,6 +201,7 @@ class Checkpointer:
         self._pending_step: int | None = None
         self._closed = False
         if jax.process_index() == 0:
+            remove_orbax_temporary_dirs(self.directory)
             set_aside_incomplete_steps(self.directory)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -192,7 +215,7 @@ class Checkpointer:
             preservation_policy=preservation_policy(max_to_keep, best_metric, best_mode, keep_best),
             best_fn=track,
             best_mode="max",
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,  # Done above, before returning.
             enable_async_checkpointing=async_save,
             create=True,
         )
