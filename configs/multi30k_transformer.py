@@ -22,7 +22,7 @@ Expected (measured on this 2-core machine, one run at a time, 2026-12-03):
 scored validation BLEU 31.19 / chrF 50.73 with beam 5, mean of the last 5 checkpoints (last
 checkpoint 31.34 / 50.99); on 2026-12-02, with other tests beside it, 750 steps and 26.67.
 That is well below configs/multi30k_rnnsearch.py:fast (38.1-39.0), the better 30-minute
-recipe on CPU. The full recipe takes ~13 hours here; cut at 90 minutes
+recipe on CPU. The full recipe takes ~14 hours here (23 steps per minute); cut at 90 minutes
 (`--config.max_train_minutes=90`) it trained 2,074 steps (1,399 tokens/s, padding 10.8%) and
 scored 36.65 / 57.23 with beam 5 from the last checkpoint (the mean of the last 5, reaching
 back to step 500, 34.04), still rising: not measured to convergence.
