@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,22 @@ def test_unknown_model_name_and_unwritable_workdir_fail_during_setup(tmp_path):
     with pytest.raises(loop.SetupError, match="is not writable") as info:
         loop.setup_experiment(tiny_config(), str(blocker / "run"))
     assert str(blocker) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_setup_experiment_without_staging_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    # Without `staging`, the tokenizer goes to a temporary directory that setup_experiment
+    # removes itself, whether it returns or raises (it used to leak one per call).
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    with pytest.raises(loop.SetupError, match="lstm_of_doom"):
+        loop.setup_experiment(tiny_config(**{"model.name": "lstm_of_doom"}), str(tmp_path / "a"))
+    exp = loop.setup_experiment(tiny_config(), str(tmp_path / "b"))
+    # The tokenizers stay usable after their directory is gone (they live in memory).
+    text = "2024-01-31"
+    assert exp.source_tokenizer.decode(exp.source_tokenizer.encode(text)) == text
+    leaked = [p.name for p in system_tmp.iterdir() if p.name.startswith("seq2seq_jax.")]
+    assert leaked == []
 
 
 def test_batch_size_not_divisible_by_device_count(tmp_path):

@@ -188,16 +188,21 @@ def setup_experiment(
     """Validates the config and the workdir, builds tokenizers, model, state and data.
 
     Nothing is written to the workdir (see `train_and_evaluate`): a tokenizer trained here is
-    saved under `staging` (a temporary directory when None).
+    saved under `staging` for the caller to commit. When `staging` is None it goes to a
+    temporary directory that is removed before this returns or raises (the tokenizers live in
+    memory; nothing is left in the system's temporary directory).
 
     Raises:
       SetupError: a one-line description of what is wrong (bad key or value, unknown model,
         unwritable workdir, a resume with changed model/data keys, batch size not divisible by
         the device count, missing data).
     """
+    if staging is None:
+        with tempfile.TemporaryDirectory(prefix="seq2seq_jax.") as tmp:
+            return setup_experiment(config, workdir, tmp)
     try:
         path = experiment.prepare_workdir(workdir)
-        return _build(config, path, staging or tempfile.mkdtemp(prefix="seq2seq_jax."))
+        return _build(config, path, staging)
     except _SETUP_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise SetupError(" ".join(str(message).split())) from e
