@@ -132,10 +132,13 @@ def time_budget(
     c.checkpoint_every_steps = checkpoint_every_steps
 
 
-def full_schedule(c: ml_collections.ConfigDict, *, num_train_steps: int) -> None:
+def full_schedule(
+    c: ml_collections.ConfigDict, *, num_train_steps: int, checkpoint_every_steps: int = 500
+) -> None:
     """The full recipe: `num_train_steps`, evaluation every 1,000 steps, a checkpoint every
-    500, early stopping after 4 evaluations without a new best validation BLEU."""
+    `checkpoint_every_steps`, early stopping after 4 evaluations without a new best validation
+    BLEU."""
     c.num_train_steps = num_train_steps
     c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 500
+    c.checkpoint_every_steps = checkpoint_every_steps
     c.eval.early_stopping_patience = 4
