@@ -29,9 +29,10 @@ per minute); cut at 90 minutes (`--config.max_train_minutes=90`) it trained 2,07
 (1,399 tokens/s, padding 10.8%) and scored 36.65 / 57.23 with beam 5 from the last checkpoint
 (the mean of the last 5, reaching back to step 500, 34.04), still rising.
 This full recipe (2026-12-03, one run, nothing else running but three short unit-test runs,
-about 2 minutes in all, in its first 30 minutes): 3,000 steps in 120 minutes of training (122 with the
-evaluations; 1,519 real target tokens/s, padding 10.8%), eval loss 1.74 / 1.57 / 1.56 at steps
-1,000 / 2,000 / 3,000 (converged: the learning rate ends at zero); then
+about 2 minutes in all, in its first 30 minutes): 3,000 steps in 120 minutes of training
+(122 with the evaluations; 1,519 real target tokens/s, padding 10.8%), eval loss
+1.74 / 1.57 / 1.56 at steps 1,000 / 2,000 / 3,000 (converged: the learning rate ends at zero);
+then
 
     python -m seq2seq_jax.decode --workdir=W --checkpoint=averaged --input=val.de \
         --reference=val.en --beam_size=5
